@@ -1,0 +1,48 @@
+# Every target sets up what it needs: `make test` works on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint fmt check-odbc sql-parse docker-lint unit run bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# pyodbc cannot import without libodbc.so.2 (unixODBC); FreeTDS's driver lets the
+# integration suite talk to SQL Server where Docker is available.
+check-odbc:
+	@if ldconfig -p | grep -q 'libodbc.so.2' && [ -n "$$(odbcinst -q -d 2>/dev/null)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing unixODBC and the FreeTDS ODBC driver with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unixodbc tdsodbc >/dev/null; \
+	else \
+		echo "unixODBC is missing; run: sudo apt-get install -y unixodbc tdsodbc"; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# An unparsable section makes sqlfluff exit non-zero, which fails the build.
+sql-parse: $(STAMP)
+	$(BIN)/sqlfluff parse --dialect tsql sql/*.sql > /dev/null
+
+unit: $(STAMP) check-odbc
+	$(BIN)/pytest
+
+test: check-odbc $(STAMP) lint sql-parse unit
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

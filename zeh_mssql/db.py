@@ -1,0 +1,54 @@
+"""Opening pyodbc connections and classifying their errors.
+
+Shared by everything that talks to SQL Server (migrations, the feed source, the
+cursor store, the CLI), so that timeouts, retries and secret handling agree.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyodbc
+
+# SQLSTATE classes that mean "the server could not be reached or the link broke":
+# connection exceptions (08xxx) and timeouts (HYT00 query, HYT01 connection).
+_UNAVAILABLE_STATES = ("08", "HYT00", "HYT01")
+DEADLOCK_VICTIM = 1205
+_PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
+
+
+def connect(dsn: str, *, autocommit: bool = True, timeout: int = 5) -> pyodbc.Connection:
+    """Open a connection; ``timeout`` bounds the login, in seconds."""
+    return pyodbc.connect(dsn, autocommit=autocommit, timeout=timeout)
+
+
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a pyodbc error, or ``""``."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], str) and len(args[0]) == 5:
+        return args[0]
+    return ""
+
+
+def error_number(exc: BaseException) -> int | None:
+    """The SQL Server error number named in a pyodbc error message, if any."""
+    text = " ".join(str(a) for a in getattr(exc, "args", ()))
+    match = re.search(r"\((\d{3,6})\)", text)
+    return int(match.group(1)) if match else None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the error means the database is unreachable, not that the query failed."""
+    if isinstance(exc, pyodbc.InterfaceError | pyodbc.OperationalError):
+        return True
+    return sqlstate(exc).startswith(_UNAVAILABLE_STATES)
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """True when the session was chosen as a deadlock victim (error 1205)."""
+    return sqlstate(exc) == "40001" or error_number(exc) == DEADLOCK_VICTIM
+
+
+def redact_dsn(dsn: str) -> str:
+    """The connection string with its password replaced, fit for logs and messages."""
+    return _PASSWORD.sub(lambda m: f"{m.group(1)}=***", dsn)
