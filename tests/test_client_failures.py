@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.misbehaving_server import Exchange, ScriptedServer, scripted_server
+from tests.misbehaving_server import Exchange, Responder, ScriptedServer, scripted_server
 from zeh_mssql.client import (
     Client,
     Cursor,
@@ -33,13 +33,13 @@ def server() -> Iterator[ScriptedServer]:
         yield running
 
 
-def ok(body: bytes, **kwargs: bool) -> object:
+def ok(body: bytes, **kwargs: bool) -> Responder:
     return lambda ex: ex.respond(200, body, **kwargs)
 
 
-def fetch(server: ScriptedServer, cursors: list[Cursor] = BOTH, **client_args: float) -> EventPage:
+def fetch(server: ScriptedServer) -> EventPage:
     page = EventPage()
-    Client(server.url, 2, **client_args).fetch_events(cursors, 0, page)  # type: ignore[arg-type]
+    Client(server.url, 2).fetch_events(BOTH, 0, page)
     return page
 
 
@@ -156,9 +156,9 @@ def close_mid_line(ex: Exchange) -> None:
     [close_without_length, close_before_content_length, close_mid_chunked, close_mid_line],
 )
 def test_connection_closed_mid_page_reports_no_cursor_beyond_the_last_checkpoint(
-    server: ScriptedServer, responder: object
+    server: ScriptedServer, responder: Responder
 ) -> None:
-    server.answer(responder)  # type: ignore[arg-type]
+    server.answer(responder)
     page = EventPage()
     with pytest.raises(IncompleteResponse) as caught:
         Client(server.url, 2).fetch_events(BOTH, 0, page)
@@ -193,7 +193,7 @@ def hang_after_first_event(ex: Exchange) -> None:
 
 @pytest.mark.parametrize("responder", [hang_before_answering, hang_after_first_event])
 def test_a_slow_server_times_out(server: ScriptedServer, responder: object) -> None:
-    server.answer(responder)  # type: ignore[arg-type]
+    server.answer(responder)
     page = EventPage()
     with pytest.raises(FetchTimeout) as caught:
         Client(server.url, 2, timeout=0.3).fetch_events(BOTH, 0, page)
