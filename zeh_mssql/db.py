@@ -14,12 +14,22 @@ import pyodbc
 # connection exceptions (08xxx) and timeouts (HYT00 query, HYT01 connection).
 _UNAVAILABLE_STATES = ("08", "HYT00", "HYT01")
 DEADLOCK_VICTIM = 1205
+_DRIVER_TAGS = re.compile(r"^\s*(?:\[[^\]]*\]\s*)+")
+_TRAILING_CODES = re.compile(r"(?:\s*\((?:-?\d+|SQL\w+)\))+\s*$")
 _PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
 
 
-def connect(dsn: str, *, autocommit: bool = True, timeout: int = 5) -> pyodbc.Connection:
-    """Open a connection; ``timeout`` bounds the login, in seconds."""
-    return pyodbc.connect(dsn, autocommit=autocommit, timeout=timeout)
+def connect(
+    dsn: str, *, autocommit: bool = True, timeout: int = 5, query_timeout: int = 0
+) -> pyodbc.Connection:
+    """Open a connection; ``timeout`` bounds the login, ``query_timeout`` each statement.
+
+    Both are in seconds; a ``query_timeout`` of 0 lets statements run unbounded.
+    """
+    connection = pyodbc.connect(dsn, autocommit=autocommit, timeout=timeout)
+    # pyodbc's Connection.timeout is the ODBC query timeout of every later cursor.
+    connection.timeout = query_timeout
+    return connection
 
 
 def sqlstate(exc: BaseException) -> str:
@@ -47,6 +57,19 @@ def is_unavailable(exc: BaseException) -> bool:
 def is_deadlock(exc: BaseException) -> bool:
     """True when the session was chosen as a deadlock victim (error 1205)."""
     return sqlstate(exc) == "40001" or error_number(exc) == DEADLOCK_VICTIM
+
+
+def server_message(exc: BaseException) -> str:
+    """The human part of a pyodbc error: without SQLSTATE, driver tags and call names.
+
+    ``[42000] [FreeTDS][SQL Server]unknown feed (51001) (SQLExecDirectW)`` becomes
+    ``unknown feed``; fit for a one-line message to a user.
+    """
+    args = getattr(exc, "args", ())
+    text = str(args[-1]) if args else str(exc)
+    text = _DRIVER_TAGS.sub("", text)
+    text = _TRAILING_CODES.sub("", text)
+    return text.strip() or type(exc).__name__
 
 
 def redact_dsn(dsn: str) -> str:
