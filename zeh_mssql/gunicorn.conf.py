@@ -1,0 +1,71 @@
+"""gunicorn settings for zeh-mssql, shipped with the package.
+
+``zeh-mssql serve`` runs gunicorn with this file; ``gunicorn -c <this file>``
+does the same (``zeh_mssql.server.GUNICORN_CONF`` is its path). Thread workers
+(gthread) keep a long-poll from pinning a process; the timeouts leave room for
+long-polls of up to 30 s. gunicorn's command line overrides any value here.
+"""
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SystemExit(f"{name}: expected an integer, got {text[:40]!r}") from None
+    if value < 1:
+        raise SystemExit(f"{name}: must be at least 1, got {value}")
+    return value
+
+
+wsgi_app = "zeh_mssql.app:create_app()"
+bind = [os.environ.get("ZEH_MSSQL_BIND", "").strip() or "0.0.0.0:8080"]
+worker_class = "gthread"
+workers = _env_int("ZEH_MSSQL_WORKERS", 2)
+threads = _env_int("ZEH_MSSQL_THREADS", 8)
+
+# gthread workers heartbeat from their main loop, so `timeout` only catches a
+# stuck process; requests themselves may run as long as a long-poll needs (30 s).
+timeout = 60
+# On shutdown, requests in flight (a long-poll of up to 30 s) may finish.
+graceful_timeout = 40
+keepalive = 5
+
+# The app writes one JSON line per request to stdout; gunicorn's own messages
+# (start, worker boot and exit) go there too, in the same format, and there is
+# no access log to repeat the request lines.
+loglevel = os.environ.get("ZEH_MSSQL_LOG_LEVEL", "").strip().lower() or "info"
+accesslog = None
+errorlog = "-"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING", "handlers": []},
+    "loggers": {
+        "gunicorn.error": {
+            "level": loglevel.upper(),
+            "handlers": ["stdout"],
+            "propagate": False,
+            "qualname": "gunicorn.error",
+        },
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "formatters": {"json": {"()": "zeh_mssql.logs.JsonLineFormatter"}},
+}
+
+# Each process connects after it is forked, never before.
+preload_app = False
+# Several servers may run side by side (tests, one container per feed set);
+# the runtime control socket would make them compete for one path.
+control_socket_disable = True
