@@ -50,7 +50,19 @@ sql-parse: $(STAMP)
 unit: $(STAMP) check-odbc
 	$(BIN)/pytest
 
-test: check-odbc $(STAMP) lint sql-parse unit
+# No container engine runs here, so the Docker files are checked statically:
+# hadolint for the Dockerfile, the Compose specification's schema (shipped with
+# check-jsonschema) for compose.yaml; tests/test_docker_files.py checks the rest.
+docker-lint: $(STAMP)
+	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
+
+# The README's way to run the server: SQL Server, migrations, a demo feed, the server.
+run:
+	@command -v docker >/dev/null 2>&1 || { echo "make run needs Docker with its compose plugin (docker compose); install Docker first"; exit 1; }
+	docker compose -f docker/compose.yaml up --build
+
+test: check-odbc $(STAMP) lint sql-parse docker-lint unit
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
