@@ -29,6 +29,11 @@ DEADLOCK = pyodbc.Error(
     "with another process and has been chosen as the deadlock victim. Rerun the transaction. "
     "(1205) (SQLExecDirectW)",
 )
+DRAIN_LOCK_REFUSED = pyodbc.ProgrammingError(
+    "42000",
+    '[42000] [FreeTDS][SQL Server]changefeed.read_feed: could not lock partition 1 of feed "a" '
+    "for draining (sp_getapplock returned -1) (51012) (SQLExecDirectW)",
+)
 UNKNOWN_FEED = pyodbc.ProgrammingError(
     "42000", "[42000] [FreeTDS][SQL Server]unknown feed 'nope' (51001) (SQLExecDirectW)"
 )
@@ -170,6 +175,20 @@ def test_a_deadlock_victim_is_retried_on_the_same_connection(factory):
     assert not factory.opened[0].closed
 
 
+def test_a_refused_drain_lock_is_retried_too(factory):
+    pool = ConnectionPool(factory, size=1, deadlock_retries=3)
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(connection.number)
+        if len(calls) == 1:
+            raise DRAIN_LOCK_REFUSED
+        return "drained"
+
+    assert pool.run(work) == "drained"
+    assert calls == [1, 1]
+
+
 def test_deadlock_retries_are_bounded(factory):
     pool = ConnectionPool(factory, size=1, deadlock_retries=2)
     calls: list[int] = []
@@ -178,10 +197,10 @@ def test_deadlock_retries_are_bounded(factory):
         calls.append(connection.number)
         raise DEADLOCK
 
-    with pytest.raises(SourceError, match="1205") as caught:
+    with pytest.raises(SourceUnavailable, match="1205"):
         pool.run(work)
-    assert not isinstance(caught.value, SourceUnavailable)
     assert len(calls) == 3
+    assert not factory.opened[0].closed
 
 
 def test_other_database_errors_are_source_errors_and_discard_the_connection(factory):

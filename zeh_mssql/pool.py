@@ -7,7 +7,9 @@ the failure policy of the server's database calls:
 - a connection that failed because the link broke is discarded (with every
   idle one, which a restarted server has also dropped) and the work is retried
   once on a fresh connection;
-- a deadlock victim (error 1205) is retried with a short backoff;
+- a deadlock victim (error 1205), or a reader that could not get a partition's
+  drain lock (51012, raised by changefeed.read_feed), is retried with a short
+  backoff, and reported unavailable if the contention outlasts the retries;
 - the database being unreachable surfaces as ``SourceUnavailable``, any other
   database error as ``SourceError``; their messages never carry the connection
   string.
@@ -29,6 +31,8 @@ from zeh_mssql import db
 from zeh_mssql.source import SourceError, SourceUnavailable
 
 T = TypeVar("T")
+DRAIN_LOCK_NOT_GRANTED = 51012
+"""changefeed.read_feed could not take a partition's application lock in time."""
 _log = logging.getLogger(__name__)
 
 
@@ -90,13 +94,16 @@ class ConnectionPool:
             try:
                 result = work(connection)
             except pyodbc.Error as exc:
-                if db.is_deadlock(exc) and deadlocks < self._deadlock_retries:
+                if _contended(exc):
                     # The victim's transaction was rolled back; the session itself is fine.
                     self._release(connection)
-                    deadlocks += 1
-                    _log.info("%s: deadlock victim, retry %d", self.name, deadlocks)
-                    time.sleep(_backoff(deadlocks))
-                    continue
+                    if deadlocks < self._deadlock_retries:
+                        deadlocks += 1
+                        _log.info("%s: lock contention, retry %d: %s", self.name, deadlocks, exc)
+                        time.sleep(_backoff(deadlocks))
+                        continue
+                    # Still contended: a client retrying later is the right answer (503).
+                    raise SourceUnavailable(_describe(self.name, exc)) from exc
                 self._discard(connection)
                 if db.is_unavailable(exc):
                     if not fresh and not reconnected:
@@ -162,6 +169,11 @@ class ConnectionPool:
         self._slots = threading.BoundedSemaphore(self._size)
         self._idle = []
         self._pid = os.getpid()
+
+
+def _contended(exc: BaseException) -> bool:
+    """A deadlock victim, or a refused drain lock: transient, worth retrying."""
+    return db.is_deadlock(exc) or db.error_number(exc) == DRAIN_LOCK_NOT_GRANTED
 
 
 def _describe(name: str, exc: BaseException) -> str:
