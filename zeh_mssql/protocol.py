@@ -27,6 +27,8 @@ NDJSON: Final = "application/x-ndjson"
 # Only the canonical spelling is accepted, so text order and byte order agree.
 _ULID_TEXT = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _CURSOR_PARAM = re.compile(r"cursor(0|[1-9][0-9]{0,8})")
+# Seconds with at most millisecond precision; ASCII digits only, no sign, no exponent.
+_WAIT = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,3})?")
 _MAX_INT_DIGITS = 9
 
 
@@ -50,6 +52,8 @@ class FeedRequest:
     """One per requested partition, in ascending partition order."""
     page_size_hint: int | None
     headers: HeaderSelection
+    wait: float = 0.0
+    """Seconds the client lets the server hold the request while there are no events."""
 
 
 # --- cursors -----------------------------------------------------------------
@@ -94,6 +98,18 @@ def _non_negative_int(name: str, value: str) -> int:
     if not text.isdigit() or not text.isascii() or len(text) > _MAX_INT_DIGITS:
         raise ProtocolError(f"{name}: expected a non-negative integer, got {value[:40]!r}")
     return int(text)
+
+
+def parse_wait(value: str | None) -> float:
+    """Parse the ``wait`` extension: seconds to hold a request that finds no events (0 if absent).
+
+    The server caps it by its own configuration; the protocol only checks the syntax.
+    """
+    if value is None:
+        return 0.0
+    if not _WAIT.fullmatch(value.strip()):
+        raise ProtocolError(f"wait: expected a non-negative number of seconds, got {value[:40]!r}")
+    return float(value)
 
 
 def parse_headers(value: str | None) -> HeaderSelection:
@@ -151,6 +167,7 @@ def parse_feed_request(params: Iterable[tuple[str, str]], partition_count: int) 
         cursors=tuple(cursors),
         page_size_hint=page_size_hint or None,
         headers=parse_headers(single.get("headers")),
+        wait=parse_wait(single.get("wait")),
     )
 
 
@@ -169,7 +186,8 @@ def page_limits(
 # --- responses ---------------------------------------------------------------
 
 
-def _compact(json_text: str) -> bytes:
+def compact_json(json_text: str) -> bytes:
+    """JSON text as bytes to embed in an NDJSON line, compacted only if it holds a line break."""
     encoded = json_text.encode()
     # A raw line break may only sit between JSON tokens; re-serialising drops it
     # so one event stays one line. Everything else is embedded untouched.
@@ -182,7 +200,7 @@ def _headers_json(headers: str | None, selection: HeaderSelection) -> bytes:
     if headers is None:
         return b"{}"
     if selection == ALL_HEADERS:
-        return _compact(headers)
+        return compact_json(headers)
     assert selection is not None
     stored: dict[str, str] = orjson.loads(headers)
     return orjson.dumps({k: v for k, v in stored.items() if k in selection})
@@ -193,7 +211,7 @@ def encode_event(partition: int, event: Event, headers: HeaderSelection) -> byte
     prefix = b'{"partition":%d,' % partition
     if headers is not None:
         prefix += b'"headers":' + _headers_json(event.headers, headers) + b","
-    return prefix + b'"data":' + _compact(event.data) + b"}\n"
+    return prefix + b'"data":' + compact_json(event.data) + b"}\n"
 
 
 def encode_checkpoint(partition: int, cursor: str) -> bytes:
