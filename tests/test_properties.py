@@ -47,6 +47,10 @@ values = st.one_of(
 def test_arbitrary_queries_give_200_or_400_never_500(pairs: list[tuple[str, str]]) -> None:
     client = _app.test_client()
     response = client.get(PATH, query_string=pairs)
+    if not pairs:  # no parameters at all: FeedAPI v2's discovery document (issue 6)
+        assert response.status_code == 200
+        assert response.get_json()["partitions"] == [{"id": str(p)} for p in range(PARTITIONS)]
+        return
     assert response.status_code in (200, 400), response.data
     if response.status_code == 400:
         assert isinstance(response.get_json()["error"], str)
@@ -59,6 +63,9 @@ def test_arbitrary_queries_give_200_or_400_never_500(pairs: list[tuple[str, str]
 @given(st.text(max_size=200))
 def test_arbitrary_raw_query_strings_never_fail(query: str) -> None:
     response = _app.test_client().get(f"{PATH}?{query}")
+    if response.status_code == 409:  # a FeedAPI v2 fetch with an unknown token (issue 6)
+        assert "token" in response.request.args
+        return
     assert response.status_code in (200, 400)
 
 
