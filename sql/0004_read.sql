@@ -204,61 +204,63 @@ begin
     ) as w;
 
     -- At the head of an outbox-mode partition: drain if committed rows wait.
-    if
-        @window_end is null
-        and @drain = 1
-        and @mode = 'outbox'
-        and exists (
+    -- Nested IFs, because the conditions of one IF may be evaluated in any order
+    -- and with @drain = 0 (a read-only replica) the outbox must not be read.
+    if @window_end is null and @drain = 1 and @mode = 'outbox'
+    begin
+        if exists (
             select 1 from changefeed.outbox as o with (readpast, readcommittedlock)
             where o.feed_id = @feed_id and o.shard_id = @partition
         )
-    begin
-        set @resource = concat(N'changefeed/', @feed_id, N'/', @partition);
+        begin
+            set @resource = concat(N'changefeed/', @feed_id, N'/', @partition);
 
-        begin try
-            begin transaction;
+            begin try
+                begin transaction;
 
-            exec @lock_result = sys.sp_getapplock
-                @Resource = @resource,
-                @LockMode = 'Exclusive',
-                @LockOwner = 'Transaction';
+                exec @lock_result = sys.sp_getapplock
+                    @Resource = @resource,
+                    @LockMode = 'Exclusive',
+                    @LockOwner = 'Transaction';
 
-            -- 0 and 1 mean granted; -1 timeout (the session's LOCK_TIMEOUT),
-            -- -2 cancelled, -3 deadlock victim, -999 bad call. A refused applock
-            -- does not roll the transaction back: the CATCH block does.
-            if @lock_result < 0
-            begin
-                set @message = concat(
-                    N'changefeed.read_feed: could not lock partition ', @partition, N' of feed "',
-                    @feed, N'" for draining (sp_getapplock returned ', @lock_result, N')'
-                );
-                throw 51012, @message, 1;
-            end;
+                -- 0 and 1 mean granted; -1 timeout (the session's LOCK_TIMEOUT),
+                -- -2 cancelled, -3 deadlock victim, -999 bad call. A refused
+                -- applock does not roll the transaction back: the CATCH block does.
+                if @lock_result < 0
+                begin
+                    set @message = concat(
+                        N'changefeed.read_feed: could not lock partition ', @partition,
+                        N' of feed "', @feed, N'" for draining (sp_getapplock returned ',
+                        @lock_result, N')'
+                    );
+                    throw 51012, @message, 1;
+                end;
 
-            -- Another reader may have drained while this one waited for the lock.
-            if not exists (
-                select 1 from changefeed.event as e
+                -- Another reader may have drained while this one waited for the lock.
+                if not exists (
+                    select 1 from changefeed.event as e
+                    where e.feed_id = @feed_id and e.shard_id = @partition and e.ulid > @cursor
+                )
+                    exec changefeed.move_outbox
+                        @feed_id = @feed_id,
+                        @shard_id = @partition,
+                        @max_rows = @pagesize;
+
+                commit transaction;
+            end try
+            begin catch
+                if @@trancount > 0 rollback transaction;
+                throw;
+            end catch;
+
+            select @window_end = max(w.ulid)
+            from (
+                select top (@pagesize) e.ulid
+                from changefeed.event as e
                 where e.feed_id = @feed_id and e.shard_id = @partition and e.ulid > @cursor
-            )
-                exec changefeed.move_outbox
-                    @feed_id = @feed_id,
-                    @shard_id = @partition,
-                    @max_rows = @pagesize;
-
-            commit transaction;
-        end try
-        begin catch
-            if @@trancount > 0 rollback transaction;
-            throw;
-        end catch;
-
-        select @window_end = max(w.ulid)
-        from (
-            select top (@pagesize) e.ulid
-            from changefeed.event as e
-            where e.feed_id = @feed_id and e.shard_id = @partition and e.ulid > @cursor
-            order by e.ulid
-        ) as w;
+                order by e.ulid
+            ) as w;
+        end;
     end;
 
     select
