@@ -180,6 +180,8 @@ class _FeedApps:
                     name=_blueprint_name(name),
                     default_page_size=self._config.default_page_size,
                     max_page_size=self._config.max_page_size,
+                    max_wait=self._config.max_wait,
+                    poll_max_interval=self._config.poll_ceiling_ms / 1000,
                 )
             )
             self._apps[name] = (source, app)

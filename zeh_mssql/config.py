@@ -47,6 +47,11 @@ class Config:
     pool_size: int = 8
     """Database connections per process, per database (primary and replica)."""
     log_level: str = "INFO"
+    max_wait: int = 30
+    """Seconds a long-poll (a request's ``wait``) may hold a request at most; 0 turns it off."""
+    poll_ceiling_ms: int = 1000
+    """Longest pause between two polls of a partition that requests wait on: the most an
+    event waits before a long-poll sees it."""
 
     def __post_init__(self) -> None:
         if not self.dsn.strip():
@@ -95,6 +100,9 @@ class Config:
             query_timeout=_int(env, "ZEH_MSSQL_QUERY_TIMEOUT", 30, minimum=1),
             pool_size=_int(env, "ZEH_MSSQL_POOL_SIZE", 8, minimum=1),
             log_level=(_text(env, "ZEH_MSSQL_LOG_LEVEL") or "INFO").upper(),
+            max_wait=_int(env, "ZEH_MSSQL_MAX_WAIT", 30, minimum=0),
+            # Polls start 5 ms apart (zeh_mssql.longpoll), so the ceiling cannot be lower.
+            poll_ceiling_ms=_int(env, "ZEH_MSSQL_POLL_CEILING_MS", 1000, minimum=5),
         )
 
 
