@@ -20,7 +20,7 @@ go
 create table changefeed.migration_log (
     version int not null,
     name nvarchar(256) not null,
-    checksum binary(32) not null, -- SHA-256 of the file's bytes
+    checksum binary(32) not null, -- SHA-256 of the file, as the runner computes it
     applied_at datetime2(3) not null,
     constraint pk_migration_log primary key clustered (version)
 );
