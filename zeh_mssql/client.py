@@ -1,4 +1,4 @@
-"""A ZeroEventHub v1 client: fetch a page of events and stream it into a receiver.
+"""A ZeroEventHub client: fetch a page of events and stream it into a receiver.
 
 The client mirrors the reference Go client. A request names one cursor per
 partition wanted; the server answers with NDJSON lines, for each partition its
@@ -10,6 +10,10 @@ A page never reports a cursor beyond the last checkpoint actually received, and
 never lists an event whose checkpoint did not arrive, so a consumer that stores
 ``page.cursors`` together with the effects of ``page.events`` cannot skip or
 repeat events even when a response is cut off.
+
+FeedAPI v2 (the successor protocol) is read with :meth:`Client.discover` and
+:meth:`Client.fetch_partition`, into the same receivers; both protocols can
+long-poll (``wait``): the server holds a request until events arrive.
 """
 
 from __future__ import annotations
@@ -30,17 +34,20 @@ __all__ = [
     "ALL_HEADERS",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TIMEOUT",
+    "V1_TOKEN",
     "Client",
     "Cursor",
     "EventDecodeError",
     "EventPage",
     "EventReceiver",
     "FeedEvent",
+    "FeedInfo",
     "FetchError",
     "FetchTimeout",
     "HTTPStatusError",
     "IncompleteResponse",
     "MalformedResponse",
+    "RediscoveryNeeded",
     "RequestProcessor",
     "TransportError",
     "TypedEventPage",
@@ -52,6 +59,8 @@ DEFAULT_PAGE_SIZE = 0
 """A page size hint of 0 is not sent: the server picks its default."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for the connection and for each read of the response."""
+V1_TOKEN = "_v1"
+"""The token :meth:`Client.discover` reports for a server that only speaks ZeroEventHub v1."""
 
 _RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -66,6 +75,15 @@ class Cursor:
 
     partition: int
     cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedInfo:
+    """What FeedAPI v2 discovery says about a feed: pass ``token`` to every fetch."""
+
+    token: str
+    partitions: tuple[int, ...]
+    exactly_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,13 @@ class FetchTimeout(TransportError):
     """Connecting, or waiting for the next bytes of the response, took longer than the timeout."""
 
 
+class RediscoveryNeeded(FetchError):
+    """409 Conflict: the feed's token changed; call :meth:`Client.discover` again.
+
+    The partitions may have changed with it, so a consumer restarts from discovery.
+    """
+
+
 class EventDecodeError(FetchError):
     """An event's data could not be decoded into the page's type."""
 
@@ -209,22 +234,94 @@ class Client:
         page_size_hint: int,
         receiver: EventReceiver,
         headers: Sequence[str] = (),
+        *,
+        wait: float = 0.0,
     ) -> None:
         """Fetch one page: the events after ``cursors``, streamed into ``receiver``.
 
         ``page_size_hint`` is the total number of events wanted (0: the server's
         default). ``headers`` names the event headers to receive, or
-        ``[ALL_HEADERS]``. Raises :class:`HTTPStatusError` for a non-2xx answer,
-        :class:`MalformedResponse` for a line that is not an event or checkpoint,
+        ``[ALL_HEADERS]``. With ``wait`` (seconds) a server that finds no events
+        holds the request until some arrive or the wait runs out (it may cap
+        the wait); the read timeout is extended by ``wait``. Raises
+        :class:`HTTPStatusError` for a non-2xx answer, :class:`MalformedResponse`
+        for a line that is not an event or checkpoint,
         :class:`IncompleteResponse` when the response ends before a requested
         partition's checkpoint, :class:`TransportError` (:class:`FetchTimeout`)
         when the connection fails; errors raised by the receiver propagate.
         """
         params = self._query(cursors, page_size_hint, headers)
-        response = self._send(params)
+        params += _wait_param(wait)
+        response = self._send(params, wait=wait)
         try:
             self._check_status(response)
             _stream_lines(_response_lines(response), {c.partition for c in cursors}, receiver)
+        finally:
+            response.close()
+
+    def discover(self) -> FeedInfo:
+        """Ask the feed for its FeedAPI v2 discovery document (a GET without parameters).
+
+        A server that only speaks ZeroEventHub v1 answers such a request with
+        400; then the v1 layout of ``partition_count`` partitions is returned,
+        with token :data:`V1_TOKEN`, so :meth:`fetch_partition` reads either.
+        """
+        response = self._send([])
+        try:
+            if response.status_code == 400:
+                return FeedInfo(V1_TOKEN, tuple(range(self._partition_count)))
+            self._check_status(response)
+            try:
+                body = response.content
+            except requests.RequestException as exc:
+                raise _transport_error(exc) from exc
+        finally:
+            response.close()
+        return _feed_info(body)
+
+    def fetch_partition(
+        self,
+        token: str,
+        partition: int,
+        cursor: str,
+        page_size_hint: int,
+        receiver: EventReceiver,
+        *,
+        event_types: Sequence[str] = (),
+        skip_event_types: Sequence[str] = (),
+        wait: float = 0.0,
+    ) -> None:
+        """Fetch one page of one partition with FeedAPI v2, streamed into ``receiver``.
+
+        ``token`` comes from :meth:`discover`. Events arrive as
+        ``receiver.event(partition, {}, data)`` (v2 has no headers) and
+        checkpoints as ``receiver.checkpoint(partition, cursor)``.
+        ``event_types`` keeps only events of those types, ``skip_event_types``
+        drops them (case-insensitively, on the server; give one of them); the
+        checkpoint still moves past events filtered out. ``wait`` long-polls as
+        in :meth:`fetch_events`. Raises :class:`RediscoveryNeeded` when the
+        token is stale, otherwise as :meth:`fetch_events` does.
+        """
+        if event_types and skip_event_types:
+            raise ValueError("give event_types or skip_event_types, not both")
+        if token == V1_TOKEN:
+            if event_types or skip_event_types:
+                raise ValueError("event type filters need a FeedAPI v2 server")
+            self.fetch_events([Cursor(partition, cursor)], page_size_hint, receiver, wait=wait)
+            return
+        params = self._query_v2(token, partition, cursor, page_size_hint)
+        for name, types in (("event-types", event_types), ("skip-event-types", skip_event_types)):
+            if types:
+                params.append((name, _event_types(types)))
+        params += _wait_param(wait)
+        response = self._send(params, url=self._url.rstrip("/") + "/events", wait=wait)
+        try:
+            if response.status_code == 409:
+                raise RediscoveryNeeded(
+                    "the feed's token changed: discover the feed again (HTTP 409)"
+                )
+            self._check_status(response)
+            _stream_partition_lines(_response_lines(response), partition, receiver)
         finally:
             response.close()
 
@@ -269,16 +366,45 @@ class Client:
             params.append(("headers", ",".join(headers)))
         return params
 
-    def _send(self, params: list[tuple[str, str]]) -> requests.Response:
-        request = requests.Request("GET", self._url, params=params, headers={"Accept": NDJSON})
+    def _query_v2(
+        self, token: str, partition: int, cursor: str, page_size_hint: int
+    ) -> list[tuple[str, str]]:
+        if not token:
+            raise ValueError("the token is empty: take it from discover()")
+        if partition < 0:
+            raise ValueError(f"partition must not be negative, not {partition}")
+        if not cursor:
+            raise ValueError(f"the cursor of partition {partition} is empty")
+        if page_size_hint < 0:
+            raise ValueError(f"page_size_hint must not be negative, not {page_size_hint}")
+        params = [("token", token), ("partition", str(partition)), ("cursor", cursor)]
+        if page_size_hint != DEFAULT_PAGE_SIZE:
+            params.append(("pagesizehint", str(page_size_hint)))
+        return params
+
+    def _send(
+        self, params: list[tuple[str, str]], *, url: str | None = None, wait: float = 0.0
+    ) -> requests.Response:
+        request = requests.Request(
+            "GET", url or self._url, params=params, headers={"Accept": NDJSON}
+        )
         prepared = self._session.prepare_request(request)
         for processor in self._processors:
             processor(prepared)
         settings = self._session.merge_environment_settings(prepared.url, {}, True, None, None)
         try:
-            return self._session.send(prepared, timeout=self._timeout, **settings)
+            return self._session.send(prepared, timeout=self._timeout_with(wait), **settings)
         except requests.RequestException as exc:
             raise _transport_error(exc) from exc
+
+    def _timeout_with(self, wait: float) -> float | tuple[float, float]:
+        """The timeout, its read part extended by ``wait``: the server sends nothing meanwhile."""
+        if wait <= 0:
+            return self._timeout
+        if isinstance(self._timeout, tuple):
+            connect, read = self._timeout
+            return (connect, read + wait)
+        return (self._timeout, self._timeout + wait)
 
     @staticmethod
     def _check_status(response: requests.Response) -> None:
@@ -399,6 +525,80 @@ def _stream_lines(lines: Iterator[bytes], requested: set[int], receiver: EventRe
         raise IncompleteResponse(
             f"the response ended without a checkpoint for partition(s) {missing}"
         )
+
+
+def _stream_partition_lines(
+    lines: Iterator[bytes], partition: int, receiver: EventReceiver
+) -> None:
+    """Check each FeedAPI v2 line and hand it to the receiver as ``partition``'s."""
+    unconfirmed = 0
+    checkpointed = False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedResponse(number, f"not JSON ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise MalformedResponse(number, "not a JSON object")
+        if "cursor" in obj:
+            cursor = obj["cursor"]
+            if not isinstance(cursor, str) or not cursor:
+                raise MalformedResponse(number, "'cursor' is not a non-empty string")
+            receiver.checkpoint(partition, cursor)
+            unconfirmed = 0
+            checkpointed = True
+        elif "data" in obj:
+            receiver.event(partition, {}, obj["data"])
+            unconfirmed += 1
+        # The spec asks clients to ignore lines that are neither: commands added later.
+    if unconfirmed:
+        raise IncompleteResponse(
+            f"the response ended after {unconfirmed} event(s) without their checkpoint"
+        )
+    if not checkpointed:
+        raise IncompleteResponse("the response ended without a checkpoint")
+
+
+def _feed_info(body: bytes) -> FeedInfo:
+    """Validate a discovery document."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponse(1, f"the discovery document is not JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise MalformedResponse(1, "the discovery document is not a JSON object")
+    token, partitions = document.get("token"), document.get("partitions")
+    if not isinstance(token, str) or not token:
+        raise MalformedResponse(1, "the discovery document has no 'token' string")
+    if not isinstance(partitions, list):
+        raise MalformedResponse(1, "the discovery document has no 'partitions' list")
+    ids: list[int] = []
+    for entry in partitions:
+        pid = entry.get("id") if isinstance(entry, dict) else None
+        # Ids are strings holding integers (the spec allows 0..32767).
+        if not isinstance(pid, str) or not pid.isascii() or not pid.isdigit():
+            raise MalformedResponse(1, f"partition id {pid!r} is not a string of digits")
+        ids.append(int(pid))
+    return FeedInfo(token, tuple(ids), document.get("exactlyOnce") is True)
+
+
+def _event_types(types: Sequence[str]) -> str:
+    for name in types:
+        if not name or ";" in name:
+            raise ValueError(f"bad event type {name!r}: types are non-empty, without ';'")
+    return ";".join(types)
+
+
+def _wait_param(wait: float) -> list[tuple[str, str]]:
+    """The ``wait`` parameter as servers parse it: plain decimal seconds, milliseconds at most."""
+    if wait < 0:
+        raise ValueError(f"wait must not be negative, not {wait}")
+    if wait == 0:
+        return []
+    text = f"{wait:.3f}".rstrip("0").rstrip(".")
+    return [("wait", text)] if text != "0" else []
 
 
 def _headers(value: Any, number: int) -> Mapping[str, str]:
