@@ -418,12 +418,15 @@ def _read_applied(cursor: Any) -> list[AppliedMigration]:
 
 
 def _apply(connection: Any, migration: Migration) -> None:
-    batches = migration.batches
     transactional = migration.transactional
-    connection.autocommit = not transactional
+    cursor = connection.cursor()
+    # An explicit transaction, not the driver's manual-commit mode: that one only
+    # starts a transaction at certain statements (not EXEC, not ALTER DATABASE),
+    # so whatever ran before the first of them would escape the rollback.
+    if transactional:
+        cursor.execute("begin transaction;")
     try:
-        cursor = connection.cursor()
-        for number, batch in enumerate(batches, start=1):
+        for number, batch in enumerate(migration.batches, start=1):
             for _ in range(batch.repeat):
                 try:
                     _run(cursor, batch.sql)
@@ -431,10 +434,15 @@ def _apply(connection: Any, migration: Migration) -> None:
                     where = f"{migration.name}, batch {number} (line {batch.line})"
                     note = (
                         "nothing of it was applied"
-                        if transactional
-                        else f"it runs without a transaction: batches 1-{number - 1} stay applied"
+                        if transactional or number == 1
+                        else f"it has no transaction: batches 1 to {number - 1} stay applied"
                     )
                     raise MigrationError(f"{where} failed: {_describe(exc)}; {note}") from exc
+        if transactional and cursor.execute("select @@trancount;").fetchone()[0] != 1:
+            raise MigrationError(
+                f"{migration.name} ended or opened a transaction of its own; "
+                "migrations must leave transactions to the runner"
+            )
         cursor.execute(
             f"insert into {LOG_TABLE} (version, name, checksum, applied_at)"
             " values (?, ?, ?, sysutcdatetime());",
@@ -443,16 +451,14 @@ def _apply(connection: Any, migration: Migration) -> None:
             migration.checksum,
         )
         if transactional:
-            connection.commit()
+            cursor.execute("commit transaction;")
     except BaseException:
         if transactional:
-            # When this fails the link is broken, and the server rolls back itself.
+            # XACT_ABORT may have rolled back already; a broken link rolls back on
+            # the server by itself.
             with contextlib.suppress(pyodbc.Error):
-                connection.rollback()
+                cursor.execute("if @@trancount > 0 rollback transaction;")
         raise
-    finally:
-        with contextlib.suppress(pyodbc.Error):
-            connection.autocommit = True
 
 
 def _run(cursor: Any, sql: str) -> None:
