@@ -64,5 +64,12 @@ run:
 
 test: check-odbc $(STAMP) lint sql-parse docker-lint unit
 
+# Benchmarks, not tests: each prints a table and writes bench/results/*.json
+# (compare two runs with `$(BIN)/python -m bench.compare NAME`). `make test`
+# never depends on wall-clock speed.
+bench: check-odbc $(STAMP)
+	$(BIN)/python -m bench.encoding
+	$(BIN)/python -m bench.http_load
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
