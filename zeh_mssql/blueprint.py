@@ -154,7 +154,9 @@ class FeedEndpoint:
             for c, limit in zip(feed_request.cursors, limits, strict=True)
         ]
         pages = self._fetch(reads, feed_request.wait)
-        body = protocol.encode_response(
+        # A list of ~64 KB chunks: the WSGI server sends them one by one, and
+        # werkzeug still sets Content-Length from their sizes.
+        body = protocol.encode_response_chunks(
             [(r.partition, page) for r, page in zip(reads, pages, strict=True)],
             feed_request.headers,
         )

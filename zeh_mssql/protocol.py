@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress, count
+from operator import not_
 from typing import Final, Literal
 
 import orjson
@@ -186,46 +188,165 @@ def page_limits(
 # --- responses ---------------------------------------------------------------
 
 
-def compact_json(json_text: str) -> bytes:
-    """JSON text as bytes to embed in an NDJSON line, compacted only if it holds a line break."""
-    encoded = json_text.encode()
+def _single_line(json_text: str) -> str:
     # A raw line break may only sit between JSON tokens; re-serialising drops it
     # so one event stays one line. Everything else is embedded untouched.
-    if b"\n" in encoded or b"\r" in encoded:
-        return orjson.dumps(orjson.loads(encoded))
-    return encoded
+    if "\n" in json_text or "\r" in json_text:
+        return orjson.dumps(orjson.loads(json_text)).decode()
+    return json_text
 
 
-def _headers_json(headers: str | None, selection: HeaderSelection) -> bytes:
+def compact_json(json_text: str) -> bytes:
+    """JSON text as bytes to embed in an NDJSON line, compacted only if it holds a line break."""
+    return _single_line(json_text).encode()
+
+
+def _headers_text(headers: str | None, selection: HeaderSelection) -> str:
     if headers is None:
-        return b"{}"
+        return "{}"
     if selection == ALL_HEADERS:
-        return compact_json(headers)
+        return _single_line(headers)
     assert selection is not None
     stored: dict[str, str] = orjson.loads(headers)
-    return orjson.dumps({k: v for k, v in stored.items() if k in selection})
+    return orjson.dumps({k: v for k, v in stored.items() if k in selection}).decode()
+
+
+def _event_pieces(partition: int, events: Sequence[Event], headers: HeaderSelection) -> list[str]:
+    """The text of ``events``' lines as pieces that join into them.
+
+    Built with slice assignment, so the per-event work in Python is reading the
+    attributes and looking for a newline; the copying happens in one join. Only
+    ``\n`` is looked for here: a ``\r`` is rare enough to be looked for in the
+    joined text (``_encode_pieces``), where the search runs in cache.
+    """
+    count = len(events)
+    data = [
+        text if "\n" not in text else _single_line(text)
+        for text in [event.data for event in events]
+    ]
+    if headers is None:
+        # {"partition":P,"data":D0}\n{"partition":P,"data":D1}\n ...
+        start = f'{{"partition":{partition},"data":'
+        pieces = ["}\n" + start] * (2 * count + 1)
+        pieces[0] = start
+        pieces[1::2] = data
+    else:
+        # {"partition":P,"headers":H0,"data":D0}\n{"partition":P,"headers":H1,...
+        start = f'{{"partition":{partition},"headers":'
+        pieces = ["}\n" + start] * (4 * count + 1)
+        pieces[0] = start
+        if headers == ALL_HEADERS:
+            pieces[1::4] = [
+                text if text is not None and "\n" not in text else _headers_text(text, headers)
+                for text in [event.headers for event in events]
+            ]
+        else:
+            pieces[1::4] = [_headers_text(event.headers, headers) for event in events]
+        pieces[2::4] = [',"data":'] * count
+        pieces[3::4] = data
+    pieces[-1] = "}\n"
+    return pieces
+
+
+def _encode_pieces(pieces: list[str]) -> bytes:
+    """UTF-8 of the joined pieces, with any stored JSON holding a ``\r`` compacted."""
+    text = "".join(pieces)
+    if "\r" in text:
+        # Only stored JSON can hold one; ours never does.
+        pieces = [piece if "\r" not in piece else _single_line(piece) for piece in pieces]
+        text = "".join(pieces)
+    if text.isascii():  # O(1): a str knows whether it is ASCII
+        return text.encode()
+    return _encode_mixed(pieces)
 
 
 def encode_event(partition: int, event: Event, headers: HeaderSelection) -> bytes:
     """One NDJSON event line: ``{"partition":P,"headers":{...},"data":...}``."""
-    prefix = b'{"partition":%d,' % partition
-    if headers is not None:
-        prefix += b'"headers":' + _headers_json(event.headers, headers) + b","
-    return prefix + b'"data":' + compact_json(event.data) + b"}\n"
+    return _encode_pieces(_event_pieces(partition, (event,), headers))
+
+
+def _checkpoint_text(partition: int, cursor: str) -> str:
+    return orjson.dumps({"partition": partition, "cursor": cursor}).decode() + "\n"
 
 
 def encode_checkpoint(partition: int, cursor: str) -> bytes:
     """One NDJSON checkpoint line: ``{"partition":P,"cursor":"..."}``."""
-    return orjson.dumps({"partition": partition, "cursor": cursor}) + b"\n"
+    return _checkpoint_text(partition, cursor).encode()
+
+
+CHUNK_CHARS: Final = 64 * 1024
+"""About how much text ``encode_response_chunks`` encodes at a time."""
+_LINE_OVERHEAD = 48  # the partition, key names and punctuation around an event's JSON
+
+
+class _Body:
+    """Collects text pieces and encodes them about ``CHUNK_CHARS`` at a time.
+
+    A page of 1,000 events of 1 KB joined and encoded whole is two fresh 1 MB
+    buffers per response: the allocator maps and faults them in every time,
+    and they spill the CPU cache (bench/encoding.py measured it). Chunks of
+    ~64 KB come from the heap and are encoded while still in cache.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self._pieces: list[str] = []
+        self._chars = 0
+
+    def add(self, pieces: list[str], chars: int) -> None:
+        self._pieces += pieces
+        self._chars += chars
+        if self._chars >= CHUNK_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pieces:
+            return
+        self.chunks.append(_encode_pieces(self._pieces))
+        self._pieces = []
+        self._chars = 0
+
+
+def _encode_mixed(pieces: list[str]) -> bytes:
+    # One non-ASCII character makes a whole joined text wide, and encoding wide
+    # text to UTF-8 goes character by character. Only the non-ASCII pieces are
+    # encoded alone; the ASCII runs between them are still joined and copied.
+    wide = compress(count(), map(not_, map(str.isascii, pieces)))
+    out: list[bytes] = []
+    start = 0
+    for index in wide:
+        if start < index:
+            out.append("".join(pieces[start:index]).encode())
+        out.append(pieces[index].encode())
+        start = index + 1
+    out.append("".join(pieces[start:]).encode())
+    return b"".join(out)
+
+
+def encode_response_chunks(
+    pages: Sequence[tuple[int, Page]], headers: HeaderSelection
+) -> list[bytes]:
+    """The response body in chunks of about 64 KB: for each partition its events, then one
+    checkpoint. A WSGI server sends the list as it is; ``b"".join`` gives the whole body."""
+    body = _Body()
+    for partition, page in pages:
+        events = page.events
+        if events:
+            first = events[0]
+            line = len(first.data) + len(first.headers or "") + _LINE_OVERHEAD
+            step = max(1, CHUNK_CHARS // line)
+            for offset in range(0, len(events), step):
+                part = events[offset : offset + step]
+                body.add(_event_pieces(partition, part, headers), len(part) * line)
+        checkpoint = _checkpoint_text(partition, page.cursor)
+        body.add([checkpoint], len(checkpoint))
+    body.flush()
+    return body.chunks
 
 
 def encode_response(pages: Sequence[tuple[int, Page]], headers: HeaderSelection) -> bytes:
     """The whole response body: for each partition its events, then one checkpoint."""
-    out: list[bytes] = []
-    for partition, page in pages:
-        out.extend(encode_event(partition, event, headers) for event in page.events)
-        out.append(encode_checkpoint(partition, page.cursor))
-    return b"".join(out)
+    return b"".join(encode_response_chunks(pages, headers))
 
 
 def encode_error(message: str) -> bytes:
