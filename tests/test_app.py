@@ -262,3 +262,21 @@ def test_logs_never_show_the_password(capsys):
     records = [orjson.loads(line) for line in out.splitlines()]
     statuses = [r["status"] for r in records if r["logger"] == "zeh_mssql.requests"]
     assert statuses == [503, 503]
+
+
+def test_everything_the_blueprint_serves_below_the_path_is_dispatched_too(catalog):
+    # FeedAPI v2: discovery at the bare path, fetches at <path>/events.
+    client = client_for(catalog)
+    discovery = client.get("/orders/feed/v1")
+    assert discovery.status_code == 200
+    token = discovery.get_json()["token"]
+    assert [p["id"] for p in discovery.get_json()["partitions"]] == ["0", "1"]
+    events = client.get(f"/orders/feed/v1/events?token={token}&partition=1&cursor=_first")
+    assert events.status_code == 200
+    got = lines(events.data)
+    assert [line["data"] for line in got if "data" in line] == [
+        {"order": 1},
+        {"order": 3},
+        {"order": 5},
+    ]
+    assert "cursor" in got[-1]

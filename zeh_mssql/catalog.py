@@ -79,6 +79,11 @@ class FeedCatalog:
         """The served feed ``name``, or ``None`` when it is not served."""
         if self._names is not None and name not in self._names:
             return None  # answered without asking the database
+        # A known feed is answered without the lock, so requests for it never
+        # queue behind a registry read that waits on a slow or absent database.
+        feed = self._feeds.get(name)
+        if feed is not None:
+            return feed
         with self._lock:
             feed = self._feeds.get(name)
             if feed is None and self._stale():
