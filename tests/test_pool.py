@@ -23,6 +23,9 @@ REFUSED = pyodbc.OperationalError(
     "[08S01] [FreeTDS][SQL Server]Unable to connect: Adaptive Server is unavailable or does "
     "not exist (20009) (SQLDriverConnect)",
 )
+QUERY_TIMEOUT = pyodbc.OperationalError(
+    "HYT00", "[HYT00] [FreeTDS][SQL Server]Query timeout expired (0) (SQLExecDirectW)"
+)
 DEADLOCK = pyodbc.Error(
     "40001",
     "[40001] [FreeTDS][SQL Server]Transaction (Process ID 57) was deadlocked on lock resources "
@@ -125,6 +128,21 @@ def test_every_idle_connection_is_dropped_after_a_broken_link(factory):
     assert pool.run(fail_on_old) == 4
     assert all(c.closed for c in factory.opened[:3])
     assert pool.idle_count == 1
+
+
+def test_a_query_timeout_is_unavailable_without_a_retry(factory):
+    pool = ConnectionPool(factory, size=1)
+    pool.run(lambda c: None)
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(connection.number)
+        raise QUERY_TIMEOUT
+
+    with pytest.raises(SourceUnavailable, match="Query timeout expired"):
+        pool.run(work)
+    assert calls == [1]
+    assert factory.opened[0].closed
 
 
 def test_a_broken_fresh_connection_means_unavailable(factory):

@@ -106,9 +106,10 @@ class ConnectionPool:
                     raise SourceUnavailable(_describe(self.name, exc)) from exc
                 self._discard(connection)
                 if db.is_unavailable(exc):
-                    if not fresh and not reconnected:
+                    if not fresh and not reconnected and _link_broken(exc):
                         # A pooled connection may have died with a server restart
-                        # that is already over: retry once on a new one.
+                        # that is already over: retry once on a new one. (A query
+                        # timeout is not retried: it would only double the wait.)
                         reconnected = True
                         self._discard_idle()
                         _log.info("%s: connection lost, reconnecting", self.name)
@@ -169,6 +170,11 @@ class ConnectionPool:
         self._slots = threading.BoundedSemaphore(self._size)
         self._idle = []
         self._pid = os.getpid()
+
+
+def _link_broken(exc: BaseException) -> bool:
+    """The connection itself failed (SQLSTATE class 08), not merely the statement."""
+    return db.sqlstate(exc).startswith("08")
 
 
 def _contended(exc: BaseException) -> bool:
