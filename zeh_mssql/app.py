@@ -171,7 +171,7 @@ class _FeedApps:
             # A feed re-registered with another partition count is a new source object.
             if known is not None and known[0] is source:
                 return known[1]
-            app = Flask(f"{__name__}.{name}")
+            app = Flask(__name__)
             _json_errors(app)
             app.register_blueprint(
                 create_blueprint(
