@@ -211,9 +211,9 @@ def _start_container(password: str, driver: str) -> tuple[object, SqlServer]:
     return container, holder["server"]
 
 
-@pytest.fixture(scope="session")
-def sqlserver(docker_engine: None) -> Iterator[SqlServer]:
-    """A SQL Server container started once for the whole session."""
+@contextlib.contextmanager
+def running_sqlserver() -> Iterator[SqlServer]:
+    """Start a SQL Server container, yield it, stop it; also for scripts (``bench/``)."""
     driver = odbc_driver()
     # Meets SQL Server's password policy: upper, lower, digit and symbol, 8+ characters.
     password = f"Zeh-{secrets.token_hex(12)}-Aa1"
@@ -222,6 +222,13 @@ def sqlserver(docker_engine: None) -> Iterator[SqlServer]:
         yield server
     finally:
         container.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlserver(docker_engine: None) -> Iterator[SqlServer]:
+    """A SQL Server container started once for the whole session."""
+    with running_sqlserver() as server:
+        yield server
 
 
 @dataclass(frozen=True)
