@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import math
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -35,94 +32,18 @@ from typing import Any
 
 import orjson
 
+from bench import malloc
+from bench.gunicorn_server import ROOT, Server, start, stop, wait_ready
 from bench.http_apps import PATH
-from bench.procs import PeakSampler, children
+from bench.procs import PeakSampler, children, cpu_seconds, tree
 from bench.report import Report, core_note, percentile, write_report
 from zeh_mssql.server import GUNICORN_CONF
 
-ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300.0
 CLIENT_TIMEOUT_S = 180.0
 TARGET_THROUGHPUT = 0.5
 TARGET_P99 = 2.0
 APPS = {"baseline": "bench.http_apps:baseline_app()", "real": "bench.http_apps:real_app()"}
-
-
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_server(
-    name: str, config: Path, env: dict[str, str], log_dir: Path, extra: Sequence[str]
-) -> Server:
-    port = _free_port()
-    log = log_dir / f"{name}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        str(config),
-        "--bind",
-        f"127.0.0.1:{port}",
-        # Cursors are positions in one MemorySource: build it once, then fork.
-        "--preload",
-        *extra,
-        APPS[name],
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(name, process, port, log)
-
-
-def wait_ready(server: Server, partitions: int, deadline: float) -> None:
-    """Poll until the server answers a feed request with 200, or fail with its log."""
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} server exited:\n{_tail(server.log)}")
-        status, body = 0, b""
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            try:
-                connection.request("GET", f"{PATH}?n={partitions}&cursor0=_first")
-                response = connection.getresponse()
-                status, body = response.status, response.read()
-            finally:
-                connection.close()
-        if status == 200:
-            return
-        if status:
-            raise RuntimeError(f"{server.name} server answers {status}: {body[:300]!r}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name} server not ready in time:\n{_tail(server.log)}")
-        time.sleep(0.5)
-
-
-def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --- clients (each in its own process) ---------------------------------------
@@ -208,6 +129,8 @@ class Run:
     latencies: list[float]
     rss_mb: float
     pss_mb: float
+    server_cpu_s: float
+    pages: int
 
 
 def run_clients(server: Server, clients: int, settings: dict[str, Any], verify: bool) -> Run:
@@ -229,10 +152,13 @@ def run_clients(server: Server, clients: int, settings: dict[str, Any], verify: 
     processes = [context.Process(target=drain, args=(job, start, results)) for job in jobs]
     for process in processes:
         process.start()
+    server_pids = tree(server.process.pid)
     try:
         with PeakSampler(server.process.pid) as sampler:
+            cpu_before = cpu_seconds(server_pids)
             start.wait(timeout=120)
             outcomes = [results.get(timeout=CLIENT_TIMEOUT_S + 30) for _ in processes]
+            server_cpu = cpu_seconds(server_pids) - cpu_before
     finally:
         for process in processes:
             process.join(timeout=10)
@@ -243,12 +169,15 @@ def run_clients(server: Server, clients: int, settings: dict[str, Any], verify: 
         raise RuntimeError(f"{server.name} with {clients} clients: {errors[0]}")
     window = max(o["finished"] for o in outcomes) - min(o["started"] for o in outcomes)
     total_bytes = sum(o["bytes"] for o in outcomes)
+    latencies = [latency for o in outcomes for latency in o["latencies"]]
     return Run(
         events_per_s=settings["events"] * clients / window,
         mb_per_s=total_bytes / window / 1e6,
-        latencies=[latency for o in outcomes for latency in o["latencies"]],
+        latencies=latencies,
         rss_mb=sampler.peak.rss_mb,
         pss_mb=sampler.peak.pss_mb,
+        server_cpu_s=server_cpu,
+        pages=len(latencies),
     )
 
 
@@ -256,8 +185,12 @@ def run_clients(server: Server, clients: int, settings: dict[str, Any], verify: 
 
 
 @contextlib.contextmanager
-def servers(settings: dict[str, Any], config: Path, extra: Sequence[str]) -> Iterator[list[Server]]:
+def servers(
+    settings: dict[str, Any], config: Path, extra: Sequence[str], *, keep_heap: bool
+) -> Iterator[list[Server]]:
     env = dict(os.environ)
+    if keep_heap:
+        env.update(malloc.ENVIRONMENT)
     env.update(
         BENCH_PARTITIONS=str(settings["partitions"]),
         BENCH_EVENTS=str(settings["events"]),
@@ -268,15 +201,19 @@ def servers(settings: dict[str, Any], config: Path, extra: Sequence[str]) -> Ite
     started: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="zeh-bench-") as log_dir:
         try:
-            for name in APPS:
-                started.append(start_server(name, config, env, Path(log_dir), extra))
+            for name, app in APPS.items():
+                # Cursors are positions in one MemorySource: build it once, then fork.
+                options = ["--preload", *extra]
+                started.append(
+                    start(name, app, config=config, env=env, log_dir=Path(log_dir), extra=options)
+                )
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             for server in started:
-                wait_ready(server, settings["partitions"], deadline)
+                wait_ready(server, f"{PATH}?n={settings['partitions']}&cursor0=_first", deadline)
             yield started
         finally:
             for server in started:
-                stop_server(server)
+                stop(server)
 
 
 def run(
@@ -288,6 +225,7 @@ def run(
     page_size: int,
     headers: str,
     extra: Sequence[str],
+    keep_heap: bool = False,
 ) -> Report:
     settings = {
         "partitions": max(client_counts),
@@ -303,11 +241,15 @@ def run(
             "clients": list(client_counts),
             "gunicorn_config": str(config),
             "gunicorn_extra_args": [*extra, "--preload"],
+            "malloc": "heap kept" if keep_heap else "default",
         },
-        extra_columns=(("peak_pss_mb", "peak PSS MB", "{:,.0f}"),),
+        extra_columns=(
+            ("peak_pss_mb", "peak PSS MB", "{:,.0f}"),
+            ("server_cpu_ms_per_page", "server CPU ms/page", "{:.2f}"),
+        ),
     )
     runs: dict[tuple[str, int], list[Run]] = {}
-    with servers(settings, config, extra) as started:
+    with servers(settings, config, extra, keep_heap=keep_heap) as started:
         workers = {s.name: len(children(s.process.pid)) for s in started}
         print(
             f"servers up: {', '.join(f'{s.name} on port {s.port}' for s in started)}; "
@@ -337,6 +279,9 @@ def run(
                 p99_ms=percentile(latencies, 99) * 1e3,
                 peak_rss_mb=max(r.rss_mb for r in results),
                 peak_pss_mb=max(r.pss_mb for r in results),
+                server_cpu_ms_per_page=1e3
+                * sum(r.server_cpu_s for r in results)
+                / sum(r.pages for r in results),
                 pages=len(latencies),
                 events_per_s_rounds=[r.events_per_s for r in results],
             )
@@ -350,6 +295,15 @@ def run(
             target=f">= {TARGET_THROUGHPUT:g}x",
             met=throughput >= TARGET_THROUGHPUT if clients == 8 else None,
         )
+        # CPU time comes in clock ticks (10 ms): a short run may show none.
+        cpu = real["server_cpu_ms_per_page"] / (base["server_cpu_ms_per_page"] or math.nan)
+        report.ratio(
+            f"server CPU per page real/baseline, {clients} clients",
+            cpu,
+            target="(none)",
+            met=None,
+            detail="CPU time of the server processes: unaffected by other load on the machine",
+        )
         report.ratio(
             f"p99 latency real/baseline, {clients} clients",
             p99,
@@ -360,6 +314,8 @@ def run(
     report.notes.append(
         f"gunicorn config {config} with --preload; worker processes per server: {workers}"
     )
+    if keep_heap:
+        report.notes.append("servers ran with glibc malloc keeping its heap (bench/malloc.py)")
     report.notes.append(
         "peak RSS sums master and workers (shared pages counted in each); PSS splits them"
     )
@@ -377,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--gunicorn-arg", action="append", default=[], help="extra gunicorn argument (repeat)"
     )
+    parser.add_argument(
+        "--keep-heap",
+        action="store_true",
+        help="start the servers with glibc malloc keeping its heap (bench/malloc.py)",
+    )
     args = parser.parse_args(argv)
     report = run(
         config=args.config,
@@ -386,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         page_size=args.page_size,
         headers=args.headers,
         extra=args.gunicorn_arg,
+        keep_heap=args.keep_heap,
     )
     write_report(report)
 

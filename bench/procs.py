@@ -7,6 +7,7 @@ the tree's real footprint. Both are reported.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,21 @@ def memory(pids: list[int]) -> Memory:
             elif name == "Pss":
                 total.pss_mb += int(rest.split()[0]) / 1024
     return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            text = (_PROC / str(pid) / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces; the fields after it do not.
+        fields = text[text.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / ticks
 
 
 class PeakSampler:
