@@ -212,3 +212,87 @@ def migrate(dsn: str | None, print_only: bool, lock_timeout: float, login_timeou
             )
     except migrations.MigrationError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# --- reading feeds -------------------------------------------------------------
+
+TOKEN_ENV = "ZEH_MSSQL_TOKEN"
+
+
+@main.command()
+@click.argument("url")
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    required=True,
+    help="The feed's partition count (the handshake); every partition is read.",
+)
+@click.option(
+    "--from",
+    "start",
+    type=click.Choice(["_first", "_last"]),
+    default="_first",
+    show_default=True,
+    help="Start at the beginning of each partition, or at its current end.",
+)
+@click.option("--follow", is_flag=True, help="Keep polling for new events instead of exiting.")
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    help=f"Bearer token for the Authorization header (default: ${TOKEN_ENV}).",
+)
+@click.option(
+    "--envelope", is_flag=True, help="Print whole protocol lines (partition, headers, data)."
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Events per request (a hint; 0: the server's default).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the server.",
+)
+def tail(
+    url: str,
+    partitions: int,
+    start: str,
+    follow: bool,
+    token: str | None,
+    envelope: bool,
+    page_size: int,
+    timeout: float,
+) -> None:
+    """Print the events of the feed at URL as JSON lines (their data, or --envelope lines)."""
+    from zeh_mssql.client import Client, FetchError, bearer_token
+    from zeh_mssql.tail import tail as print_events
+
+    try:
+        client = Client(url, partitions, timeout=timeout)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if token:
+        client = client.with_request_processor(bearer_token(token))
+    try:
+        print_events(
+            client,
+            sys.stdout.buffer,
+            start=start,
+            follow=follow,
+            envelope=envelope,
+            page_size_hint=page_size,
+            progress=sys.stderr if sys.stderr.isatty() else None,
+            warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )
+    except FetchError as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's own
+        # flush at exit from complaining about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

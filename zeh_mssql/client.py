@@ -51,6 +51,7 @@ __all__ = [
     "RequestProcessor",
     "TransportError",
     "TypedEventPage",
+    "bearer_token",
 ]
 
 T = TypeVar("T")
@@ -174,6 +175,15 @@ class EventDecodeError(FetchError):
     def __init__(self, partition: int, reason: str) -> None:
         self.partition = partition
         super().__init__(f"cannot decode an event of partition {partition}: {reason}")
+
+
+def bearer_token(token: str) -> RequestProcessor:
+    """A request processor that sends ``Authorization: Bearer <token>``."""
+
+    def authorize(request: requests.PreparedRequest) -> None:
+        request.headers["Authorization"] = f"Bearer {token}"
+
+    return authorize
 
 
 class Client:
