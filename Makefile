@@ -70,6 +70,7 @@ test: check-odbc $(STAMP) lint sql-parse docker-lint unit
 bench: check-odbc $(STAMP)
 	$(BIN)/python -m bench.encoding
 	$(BIN)/python -m bench.http_load
+	$(BIN)/python -m bench.sql_feed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

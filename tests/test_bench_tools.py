@@ -110,3 +110,19 @@ def test_memory_of_own_process_tree():
 def test_non_ascii_share_is_respected(share):
     events = make_events(20, non_ascii_share=share)
     assert all(e.data.isascii() for e in events) == (share == 0.0)
+
+
+def test_sql_benchmark_says_in_one_line_why_it_skips(monkeypatch, capsys):
+    import tests.integration.conftest as integration
+    from bench import sql_feed
+
+    monkeypatch.setattr(integration, "docker_unavailable_reason", lambda: "no engine here")
+    monkeypatch.setattr(
+        integration,
+        "running_sqlserver",
+        lambda: pytest.fail("must not start SQL Server without Docker"),
+    )
+    sql_feed.main([])
+    assert capsys.readouterr().out == (
+        "sql: skipped: Docker is needed to start SQL Server: no engine here\n"
+    )
