@@ -237,6 +237,14 @@ TOKEN_ENV = "ZEH_MSSQL_TOKEN"
 )
 @click.option("--follow", is_flag=True, help="Keep polling for new events instead of exiting.")
 @click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="With --follow: seconds the server may hold a request until new events arrive "
+    "(long-polling; 0 polls with backoff instead).",
+)
+@click.option(
     "--token",
     envvar=TOKEN_ENV,
     help=f"Bearer token for the Authorization header (default: ${TOKEN_ENV}).",
@@ -262,6 +270,7 @@ def tail(
     partitions: int,
     start: str,
     follow: bool,
+    wait: float,
     token: str | None,
     envelope: bool,
     page_size: int,
@@ -283,6 +292,7 @@ def tail(
             sys.stdout.buffer,
             start=start,
             follow=follow,
+            wait=wait,
             envelope=envelope,
             page_size_hint=page_size,
             progress=sys.stderr if sys.stderr.isatty() else None,

@@ -166,6 +166,7 @@ def consume(
     stop: Stop | None = None,
     backoff: Backoff = Backoff(),
     sleep: Callable[[float], None] | None = None,
+    wait: float = 0.0,
 ) -> int:
     """Read the feed page by page, applying each page exactly once; return the events handled.
 
@@ -184,13 +185,21 @@ def consume(
     ``stop`` ends the loop, checked before each fetch: a ``threading.Event``
     (which also cuts waits short) or a callable returning True. Without it the
     loop runs until an error. ``sleep`` replaces the waiting, e.g. in tests.
+
+    With ``wait`` (seconds) each fetch long-polls: a server that has no new
+    events holds the request until some arrive or the wait runs out, so new
+    events are handled as soon as the server sees them instead of after a
+    backoff delay. An idle page then only sleeps what its request did not
+    already wait of the backoff delay, so a server that does not hold requests
+    is still not polled in a tight loop. ``stop`` is seen between requests,
+    after at most ``wait`` seconds.
     """
     if start not in (FIRST, LAST):
         raise ValueError(f"start must be {FIRST!r} or {LAST!r}, not {start!r}")
     wanted = sorted(set(range(client.partition_count) if partitions is None else partitions))
     if not wanted:
         raise ValueError("no partitions to consume")
-    should_stop, wait = _stopper(stop, sleep)
+    should_stop, pause = _stopper(stop, sleep)
 
     saved = {p: c for p, c in store.load().items() if p in wanted}
     position = {p: saved.get(p, start) for p in wanted}
@@ -199,9 +208,10 @@ def consume(
     attempt = 0
     while not should_stop():
         page.clear()
+        requested = time.monotonic()
         try:
             client.fetch_events(
-                [Cursor(p, position[p]) for p in wanted], page_size_hint, page, headers
+                [Cursor(p, position[p]) for p in wanted], page_size_hint, page, headers, wait=wait
             )
         except FetchError as exc:
             if not exc.retryable:
@@ -209,7 +219,7 @@ def consume(
             delay = _retry_delay(exc, backoff, attempt)
             _log.warning("fetching %s failed, retrying in %.1f s: %s", client.url, delay, exc)
             attempt += 1
-            wait(delay)
+            pause(delay)
             continue
 
         moved = {p: c for p, c in page.cursors.items() if c != position[p]}
@@ -225,7 +235,11 @@ def consume(
         if page.events:
             attempt = 0
         else:
-            wait(backoff.delay(attempt))
+            delay = backoff.delay(attempt)
+            if wait > 0:
+                delay -= time.monotonic() - requested
+            if delay > 0:
+                pause(delay)
             attempt += 1
     return handled
 

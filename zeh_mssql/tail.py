@@ -31,6 +31,7 @@ def tail(
     backoff: Backoff = FOLLOW_BACKOFF,
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
+    wait: float = 0.0,
 ) -> int:
     """Write every partition's events to ``out``, one JSON line each; return how many.
 
@@ -39,6 +40,10 @@ def tail(
     first page without events; with it, it keeps polling with ``backoff`` and
     retries errors that may pass (``warn`` hears about each), until ``stop``
     returns True. ``progress`` gets a running count and rate.
+
+    With ``follow`` and ``wait`` (seconds) each request long-polls: the server
+    holds it until new events arrive or the wait runs out, and an idle page
+    only sleeps what its request did not already wait of the backoff delay.
     """
     cursors = {p: start for p in range(client.partition_count)}
     headers = [ALL_HEADERS] if envelope else []
@@ -49,9 +54,15 @@ def tail(
     try:
         while stop is None or not stop():
             page.clear()
+            requested = time.monotonic()
             try:
                 client.fetch_events(
-                    [Cursor(p, c) for p, c in cursors.items()], page_size_hint, page, headers
+                    [Cursor(p, c) for p, c in cursors.items()],
+                    page_size_hint,
+                    page,
+                    headers,
+                    # Without follow the first empty page ends the run: no reason to hold it.
+                    wait=wait if follow else 0.0,
                 )
             except FetchError as exc:
                 if not (follow and exc.retryable):
@@ -78,7 +89,11 @@ def tail(
             elif not follow:
                 break
             else:
-                sleep(backoff.delay(attempt))
+                delay = backoff.delay(attempt)
+                if wait > 0:
+                    delay -= time.monotonic() - requested
+                if delay > 0:
+                    sleep(delay)
                 attempt += 1
     finally:
         if progress is not None and count:
