@@ -345,3 +345,29 @@ def test_backoff_validates_and_caps() -> None:
         Backoff(initial=0)
     with pytest.raises(ValueError, match="backoff"):
         Backoff(initial=2, maximum=1)
+
+
+def test_memory_store_rechecks_the_cursor_at_commit() -> None:
+    store = MemoryCursorStore({0: "A"})
+
+    def commit_page(tx: MemoryTransaction, effect: str, other: Any = None) -> None:
+        tx.changes.append(effect)
+        store.save(tx, {0: f"after-{effect}"}, {0: "A"})
+        if other is not None:
+            other()  # another instance commits between our save and our commit
+
+    def second_instance() -> None:
+        with store.transaction() as tx:
+            commit_page(tx, "second")
+
+    with pytest.raises(CursorConflict, match="partition 0"), store.transaction() as tx:
+        commit_page(tx, "first", second_instance)
+    assert store.committed == ["second"]
+    assert store.cursors == {0: "after-second"}
+
+
+def test_memory_store_saves_unconditionally_without_previous() -> None:
+    store = MemoryCursorStore({0: "A"})
+    with store.transaction() as tx:
+        store.save(tx, {0: "B", 1: "C"})
+    assert store.cursors == {0: "B", 1: "C"}

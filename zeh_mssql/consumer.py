@@ -84,6 +84,8 @@ class MemoryTransaction:
     changes: list[Any] = field(default_factory=list)
     """Whatever the handler records as the effects of the page."""
     cursors: dict[int, str] = field(default_factory=dict)
+    expected: dict[int, str | None] = field(default_factory=dict)
+    """Per partition, the saved cursor this transaction was based on (None: never saved)."""
 
 
 class MemoryCursorStore:
@@ -91,6 +93,8 @@ class MemoryCursorStore:
 
     Handlers append their effects to ``transaction.changes``; a commit moves
     them to :attr:`committed` together with the cursors, a rollback drops both.
+    Like a database row lock held to the commit, the conflict check of
+    :meth:`save` is repeated atomically with the commit.
     """
 
     def __init__(self, cursors: Mapping[int, str] | None = None) -> None:
@@ -110,6 +114,7 @@ class MemoryCursorStore:
         staged = MemoryTransaction()
         yield staged
         with self._lock:
+            self._check(staged.expected)
             self.committed.extend(staged.changes)
             self.cursors.update(staged.cursors)
             self.commits += 1
@@ -121,14 +126,19 @@ class MemoryCursorStore:
         previous: Mapping[int, str] | None = None,
     ) -> None:
         if previous is not None:
+            expected = {p: previous.get(p) for p in cursors}
             with self._lock:
-                for partition in cursors:
-                    if self.cursors.get(partition) != previous.get(partition):
-                        raise CursorConflict(
-                            f"partition {partition}: the saved cursor is "
-                            f"{self.cursors.get(partition)!r}, not {previous.get(partition)!r}"
-                        )
+                self._check(expected)
+            transaction.expected.update(expected)
         transaction.cursors.update(cursors)
+
+    def _check(self, expected: Mapping[int, str | None]) -> None:
+        for partition, cursor in expected.items():
+            if self.cursors.get(partition) != cursor:
+                raise CursorConflict(
+                    f"partition {partition}: the saved cursor is "
+                    f"{self.cursors.get(partition)!r}, not {cursor!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True)
