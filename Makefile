@@ -69,6 +69,7 @@ test: check-odbc $(STAMP) lint sql-parse docker-lint unit
 # never depends on wall-clock speed.
 bench: check-odbc $(STAMP)
 	$(BIN)/python -m bench.encoding
+	$(BIN)/python -m bench.encoding --default-malloc
 	$(BIN)/python -m bench.http_load
 	$(BIN)/python -m bench.sql_feed
 

@@ -16,7 +16,8 @@ The target is the server's encoder within 2x of the limit.
 
 Times are CPU time of the benchmark thread, with glibc malloc told to keep its
 heap (``bench.malloc``) so that the limit is the cost of copying and not of
-faulting fresh memory in; ``--default-malloc`` measures without that.
+faulting fresh memory in; ``--default-malloc`` measures without that, as a
+server process runs by default (results as ``encoding-default-malloc``).
 
     python -m bench.encoding [--iterations N] [--seconds S] [--default-malloc]
 """
@@ -147,7 +148,7 @@ def _time_interleaved(
 def run(iterations: int, seconds: float, page_count: int, *, default_malloc: bool) -> Report:
     heap_kept = False if default_malloc else keep_heap()
     report = Report(
-        "encoding",
+        "encoding" if heap_kept else "encoding-default-malloc",
         parameters={
             "malloc": "heap kept" if heap_kept else "default",
             "page_size": PAGE_SIZE,

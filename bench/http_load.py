@@ -325,7 +325,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", type=Path, default=GUNICORN_CONF, help="gunicorn config file")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="turns of every server and client count"
+    )
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--events", type=int, default=25000, help="events per partition")
     parser.add_argument("--page-size", type=int, default=1000)
