@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench.events import make_events
+from bench.events import as_fetched, make_events
 from bench.malloc import keep_heap
 from bench.report import Report, core_note, own_peak_rss_mb, percentile, write_report
 from zeh_mssql.protocol import (
@@ -75,6 +75,7 @@ def _pages(dataset: dict[str, Any], count: int) -> list[list[tuple[int, Page]]]:
             )
             for e in events
         ]
+    events = as_fetched(events)
     return [
         [(0, Page(tuple(events[i : i + PAGE_SIZE]), CURSOR))]
         for i in range(0, len(events), PAGE_SIZE)
@@ -126,8 +127,11 @@ def _time_interleaved(
 
     CPU time of this thread, not wall time: on a machine shared with other work
     a call that is preempted would otherwise count the time other processes ran.
+    Within a round every variant works on a different page and the order of the
+    variants rotates, so none reads input that the one before it left in cache.
     """
     samples: dict[str, list[float]] = {name: [] for name, _ in variants}
+    spread = max(1, pages // len(variants))
     # Unmeasured calls first: the allocator adapts its thresholds to the sizes it
     # sees, and the first calls of a case would otherwise pay for that.
     for i in range(WARMUP_CALLS):
@@ -135,8 +139,9 @@ def _time_interleaved(
             call(i % pages)
     deadline = time.monotonic() + seconds
     for i in range(iterations):
-        index = i % pages
-        for name, call in variants:
+        shift = i % len(variants)
+        for k, (name, call) in [*enumerate(variants)][shift:] + [*enumerate(variants)][:shift]:
+            index = (i + k * spread) % pages
             started = time.thread_time_ns()
             call(index)
             samples[name].append((time.thread_time_ns() - started) / 1e9)

@@ -73,3 +73,25 @@ def iter_events(count: int, *, seed: int = 7, non_ascii_share: float = 0.0) -> I
             headers=headers,
             event_type=rng.choice(_TYPES),
         )
+
+
+def as_fetched(events: list[Event]) -> list[Event]:
+    """The same events with their text laid out in memory as a database driver hands it over.
+
+    pyodbc decodes each ``nvarchar`` value of a page from UTF-16, row after row,
+    so a page's strings sit one after another in memory. Strings built by
+    ``make_events`` are scattered among its temporaries, which makes reading
+    them slower than reading a fetched page (about 30% for the encoder).
+    """
+
+    def fetched(text: str) -> str:
+        return text.encode("utf-16-le").decode("utf-16-le")
+
+    return [
+        Event(
+            data=fetched(e.data),
+            headers=None if e.headers is None else fetched(e.headers),
+            event_type=e.event_type,
+        )
+        for e in events
+    ]

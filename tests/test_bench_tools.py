@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from bench.compare import compare
-from bench.events import make_events
+from bench.events import as_fetched, make_events
 from bench.http_apps import PATH, build_source, prebuilt_bodies, serve_prebuilt, serve_source
 from bench.procs import memory, tree
 from bench.report import Report, format_table, percentile, write_report
@@ -126,3 +126,10 @@ def test_sql_benchmark_says_in_one_line_why_it_skips(monkeypatch, capsys):
     assert capsys.readouterr().out == (
         "sql: skipped: Docker is needed to start SQL Server: no engine here\n"
     )
+
+
+def test_fetched_events_are_equal_copies():
+    events = make_events(30, non_ascii_share=0.5)
+    fetched = as_fetched(events)
+    assert fetched == events
+    assert all(a.data is not b.data for a, b in zip(events, fetched, strict=True))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, count
 from operator import not_
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 import orjson
 from ulid import ULID
@@ -211,6 +211,22 @@ def _headers_text(headers: str | None, selection: HeaderSelection) -> str:
     return orjson.dumps({k: v for k, v in stored.items() if k in selection}).decode()
 
 
+def _all_headers(texts: list[str | None]) -> list[str]:
+    """The stored headers of events, each ready to embed; ``{}`` where there are none."""
+    # Headers are short: joining them and looking once is cheaper than looking
+    # in each. The join also finds a None (TypeError) without a loop in Python.
+    try:
+        ready = "\n" not in "".join(cast(list[str], texts))
+    except TypeError:
+        ready = False
+    if ready:
+        return cast(list[str], texts)
+    return [
+        text if text is not None and "\n" not in text else _headers_text(text, ALL_HEADERS)
+        for text in texts
+    ]
+
+
 def _event_pieces(partition: int, events: Sequence[Event], headers: HeaderSelection) -> list[str]:
     """The text of ``events``' lines as pieces that join into them.
 
@@ -236,10 +252,7 @@ def _event_pieces(partition: int, events: Sequence[Event], headers: HeaderSelect
         pieces = ["}\n" + start] * (4 * count + 1)
         pieces[0] = start
         if headers == ALL_HEADERS:
-            pieces[1::4] = [
-                text if text is not None and "\n" not in text else _headers_text(text, headers)
-                for text in [event.headers for event in events]
-            ]
+            pieces[1::4] = _all_headers([event.headers for event in events])
         else:
             pieces[1::4] = [_headers_text(event.headers, headers) for event in events]
         pieces[2::4] = [',"data":'] * count
