@@ -9,7 +9,7 @@ long-polls of up to 30 s. gunicorn's command line overrides any value here.
 import os
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -17,8 +17,8 @@ def _env_int(name: str, default: int) -> int:
         value = int(text)
     except ValueError:
         raise SystemExit(f"{name}: expected an integer, got {text[:40]!r}") from None
-    if value < 1:
-        raise SystemExit(f"{name}: must be at least 1, got {value}")
+    if value < minimum:
+        raise SystemExit(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
@@ -26,13 +26,15 @@ wsgi_app = "zeh_mssql.app:create_app()"
 bind = [os.environ.get("ZEH_MSSQL_BIND", "").strip() or "0.0.0.0:8080"]
 worker_class = "gthread"
 workers = _env_int("ZEH_MSSQL_WORKERS", 2)
-threads = _env_int("ZEH_MSSQL_THREADS", 8)
+# A waiting long-poll holds a thread but no database connection, so threads are
+# sized for concurrent consumers, not for the database.
+threads = _env_int("ZEH_MSSQL_THREADS", 32)
 
 # gthread workers heartbeat from their main loop, so `timeout` only catches a
 # stuck process; requests themselves may run as long as a long-poll needs (30 s).
 timeout = 60
-# On shutdown, requests in flight (a long-poll of up to 30 s) may finish.
-graceful_timeout = 40
+# On shutdown, requests in flight (a long-poll of up to ZEH_MSSQL_MAX_WAIT) may finish.
+graceful_timeout = _env_int("ZEH_MSSQL_MAX_WAIT", 30, minimum=0) + 10
 keepalive = 5
 
 # The app writes one JSON line per request to stdout; gunicorn's own messages
