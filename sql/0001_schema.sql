@@ -106,11 +106,13 @@ go
 
 -- The table-valued parameter of changefeed.publish_batch. ordinal fixes the
 -- order of the events (within each partition they are logged in ordinal order);
--- give exactly one of partition and partition_key per row.
+-- give exactly one of partition and partition_key per row. partition_key is
+-- nvarchar(max) so that a key over 450 characters is refused (51013) rather
+-- than silently cut to a shorter key that hashes elsewhere.
 create type changefeed.event_batch as table (
     ordinal int not null primary key,
     [partition] int null,
-    partition_key nvarchar(450) null,
+    partition_key nvarchar(max) null,
     event_type nvarchar(128) null,
     headers nvarchar(max) null,
     data nvarchar(max) null,

@@ -198,7 +198,9 @@ create or alter procedure changefeed.publish
     @feed nvarchar(128),
     @data nvarchar(max),
     @partition int = null,
-    @partition_key nvarchar(450) = null,
+    -- max, not 450: a parameter silently truncates a longer argument, which
+    -- would hash a different key; over 450 characters is refused below.
+    @partition_key nvarchar(max) = null,
     @event_type nvarchar(128) = null,
     @headers nvarchar(max) = null,
     @time_hint datetime2(3) = null
@@ -238,6 +240,16 @@ begin
             @feed, N'")'
         );
         throw 51008, @message, 1;
+    end;
+
+    -- datalength counts UTF-16 bytes, trailing spaces included (len ignores them).
+    if datalength(@partition_key) > 900
+    begin
+        set @message = concat(
+            N'changefeed.publish: partition key is longer than 450 characters (feed "',
+            @feed, N'")'
+        );
+        throw 51013, @message, 1;
     end;
 
     if @partition_key is not null
@@ -384,6 +396,20 @@ begin
             N': give exactly one of partition and partition_key (feed "', @feed, N'")'
         );
         throw 51008, @message, 1;
+    end;
+
+    select top (1) @ordinal = e.ordinal
+    from @events as e
+    where datalength(e.partition_key) > 900
+    order by e.ordinal;
+
+    if @ordinal is not null
+    begin
+        set @message = concat(
+            N'changefeed.publish_batch: event ', @ordinal,
+            N': partition key is longer than 450 characters (feed "', @feed, N'")'
+        );
+        throw 51013, @message, 1;
     end;
 
     select top (1) @ordinal = e.ordinal

@@ -41,7 +41,7 @@ def test_utf8_not_utf16():
     assert partition_for_key("é", 2**32) != 0x63E3C807
 
 
-@given(st.text(), st.integers(min_value=1, max_value=10_000))
+@given(st.text(max_size=225), st.integers(min_value=1, max_value=10_000))
 def test_in_range_and_deterministic(key, count):
     first = partition_for_key(key, count)
     assert 0 <= first < count
@@ -80,3 +80,14 @@ def test_key_not_a_str(key):
 def test_key_with_lone_surrogate():
     with pytest.raises(ValueError, match="unpaired surrogate at index 1"):
         partition_for_key("a\ud800b", 4)
+
+
+def test_key_longer_than_sql_server_accepts_is_refused():
+    assert 0 <= partition_for_key("k" * 450, 8) < 8
+    assert 0 <= partition_for_key("é" * 450, 8) < 8
+    with pytest.raises(ValueError, match="451 characters"):
+        partition_for_key("k" * 451, 8)
+    # Outside the BMP a character is two UTF-16 code units, as nvarchar counts them.
+    with pytest.raises(ValueError, match="452 characters"):
+        partition_for_key("😀" * 226, 8)
+    assert 0 <= partition_for_key("😀" * 225, 8) < 8

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 
+MAX_KEY_LENGTH = 450
+"""UTF-16 code units, as SQL Server counts ``nvarchar`` characters; longer keys are refused."""
+
 
 def partition_for_key(key: str, partition_count: int) -> int:
     """The partition (``0 <= p < partition_count``) that events with ``key`` go to."""
@@ -19,6 +22,14 @@ def partition_for_key(key: str, partition_count: int) -> int:
         raise TypeError(f"partition_count must be an int, not {type(partition_count).__name__}")
     if partition_count < 1:
         raise ValueError(f"partition_count must be at least 1, not {partition_count}")
+    # SQL Server's nvarchar(450) limit counts UTF-16 code units: a character
+    # outside the BMP takes two.
+    length = len(key.encode("utf-16-le", "surrogatepass")) // 2
+    if length > MAX_KEY_LENGTH:
+        raise ValueError(
+            f"partition key is {length} characters (UTF-16 code units) long; "
+            f"changefeed.publish accepts at most {MAX_KEY_LENGTH}"
+        )
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -115,7 +115,7 @@ def publish_batch(conn: pyodbc.Connection, feed: str, events: Sequence[dict[str,
         " select ordinal, [partition], partition_key, event_type, headers, data, time_hint"
         " from openjson(?) with ("
         " ordinal int '$.ordinal', [partition] int '$.partition',"
-        " partition_key nvarchar(450) '$.partition_key', event_type nvarchar(128) '$.event_type',"
+        " partition_key nvarchar(max) '$.partition_key', event_type nvarchar(128) '$.event_type',"
         " headers nvarchar(max) '$.headers', data nvarchar(max) '$.data',"
         " time_hint datetime2(3) '$.time_hint');"
         " exec changefeed.publish_batch @feed = ?, @events = @events;",

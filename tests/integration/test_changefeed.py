@@ -342,6 +342,7 @@ def test_publish_batch_of_nothing_publishes_nothing(admin):
         ({}, 51008),
         ({"partition": 0, "data": "{nope"}, 51003),
         ({"partition": 0, "headers": '{"n": 1}'}, 51004),
+        ({"partition_key": "k" * 451}, 51013),
     ],
 )
 def test_publish_batch_is_all_or_nothing(admin, bad, error):
@@ -425,6 +426,16 @@ def test_partition_and_key_exactly_one_51008(admin):
     both = lambda: publish(admin, "orders", {}, partition=0, partition_key="k")  # noqa: E731
     assert error_of(both) == 51008
     assert error_of(lambda: publish(admin, "orders", {})) == 51008
+
+
+def test_partition_key_over_450_characters_51013(admin):
+    create_feed(admin, "orders", 4)
+    # A parameter would cut a longer key silently, hashing another key; it is refused.
+    assert error_of(lambda: publish(admin, "orders", {}, partition_key="k" * 451)) == 51013
+    assert error_of(lambda: publish(admin, "orders", {}, partition_key="k" * 450 + " ")) == 51013
+    publish(admin, "orders", {}, partition_key="é" * 450)
+    total = sum(len(read_all(admin, "orders", p)[0]) for p in range(4))
+    assert total == 1
 
 
 @pytest.mark.parametrize("count", [0, -1, 4097, None])
