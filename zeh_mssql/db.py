@@ -16,6 +16,8 @@ _UNAVAILABLE_STATES = ("08", "HYT00", "HYT01")
 DEADLOCK_VICTIM = 1205
 _DRIVER_TAGS = re.compile(r"^\s*(?:\[[^\]]*\]\s*)+")
 _TRAILING_CODES = re.compile(r"(?:\s*\((?:-?\d+|SQL\w+)\))+\s*$")
+_NUMBER_BEFORE_FUNCTION = re.compile(r"\((\d{1,6})\)\s*\(SQL[A-Za-z]+\)")
+_TRAILING_NUMBER = re.compile(r"\((\d{3,6})\)\s*$")
 _PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
 
 
@@ -43,7 +45,9 @@ def sqlstate(exc: BaseException) -> str:
 def error_number(exc: BaseException) -> int | None:
     """The SQL Server error number named in a pyodbc error message, if any."""
     text = " ".join(str(a) for a in getattr(exc, "args", ()))
-    match = re.search(r"\((\d{3,6})\)", text)
+    # pyodbc ends each diagnostic record with "(number) (SQLFunctionName)"; the
+    # message text before it may hold parenthesised digits of its own (a name).
+    match = _NUMBER_BEFORE_FUNCTION.search(text) or _TRAILING_NUMBER.search(text)
     return int(match.group(1)) if match else None
 
 
