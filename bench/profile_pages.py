@@ -5,7 +5,7 @@ runs) with Flask's test client, under pyinstrument. For a profile of gunicorn
 workers under load, run ``py-spy record --gil --subprocesses`` against the
 servers of ``bench.http_load``.
 
-    python -m bench.profile [--events N] [--drains N]
+    python -m bench.profile_pages [--events N] [--drains N]
 """
 
 from __future__ import annotations
