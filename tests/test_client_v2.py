@@ -12,6 +12,7 @@ from flask import Flask
 
 from tests.http_server import running
 from tests.misbehaving_server import Exchange, ScriptedServer, scripted_server
+from tests.waiting import PATIENCE, eventually
 from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
 from zeh_mssql.client import (
     V1_TOKEN,
@@ -27,15 +28,6 @@ from zeh_mssql.protocol_v2 import feed_token
 from zeh_mssql.testing import MemorySource
 
 PATH = "/orders/feed/v1"
-PATIENCE = 10.0
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
 
 
 class Served:

@@ -10,19 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.counting_source import CountingSource, GatedSource
+from tests.waiting import PATIENCE, eventually
 from zeh_mssql.longpoll import HeadWatcher, next_interval
 from zeh_mssql.source import Page, SourceUnavailable, TypeFilter
-
-# Generous bounds: these tests check behaviour, never speed.
-PATIENCE = 10.0
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.005)
 
 
 class Waiting:

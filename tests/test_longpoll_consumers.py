@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from flask import Flask
 
 from tests.http_server import running
 from tests.misbehaving_server import Exchange, scripted_server
+from tests.waiting import PATIENCE, eventually
 from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
 from zeh_mssql.cli import main
 from zeh_mssql.client import Client
@@ -23,15 +24,6 @@ from zeh_mssql.tail import tail
 from zeh_mssql.testing import MemorySource
 
 PATH = "/orders/feed/v1"
-PATIENCE = 10.0
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
 
 
 class Served:

@@ -6,9 +6,10 @@ the test appends and watches the waiters through that app's extra routes.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 import pytest
 import requests
 
+from tests import waiting
 from tests.gunicorn_process import BIN, running
 from zeh_mssql.server import GUNICORN_CONF
 
@@ -48,12 +50,8 @@ def watcher(url: str) -> dict[str, Any]:
     return dict(requests.get(f"{url}/watcher", timeout=10).json())
 
 
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
+# Each check is an HTTP request to the worker: check less often, and allow gunicorn more time.
+eventually = functools.partial(waiting.eventually, patience=PATIENCE, every=0.05)
 
 
 def test_200_waiting_clients_are_all_answered_after_one_append(server):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,24 +20,16 @@ from flask import Flask
 
 from tests.counting_source import CountingSource
 from tests.http_server import running
+from tests.waiting import PATIENCE, eventually
 from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
 from zeh_mssql.protocol_v2 import feed_token
 
 PATH = "/orders/feed/v1"
-PATIENCE = 10.0
 LONG_WAIT = 30
 
 
 def lines_of(body: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in body.splitlines()]
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
 
 
 class Feed:

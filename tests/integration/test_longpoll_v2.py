@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import requests
 from flask import Flask
 
 from tests.http_server import running
+from tests.waiting import PATIENCE, eventually
 from zeh_mssql import db
 from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
 from zeh_mssql.pool import ConnectionPool
@@ -30,7 +31,6 @@ PATH = "/orders/feed/v1"
 PARTITIONS = 2
 POLL_CEILING = 0.25
 LONG_WAIT = 30
-PATIENCE = 10.0
 PUBLISH = "exec changefeed.publish @feed = ?, @data = ?, @partition = ?, @event_type = ?"
 
 
@@ -66,14 +66,6 @@ def serve(admin_dsn: str, reader_dsn: str, mode: str) -> Iterator[Served]:
     add_feed_routes(app, PATH, endpoint)
     with running(app) as base:
         yield Served(base + PATH, endpoint, admin_dsn)
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
 
 
 def lines_of(body: bytes) -> list[dict[str, Any]]:
