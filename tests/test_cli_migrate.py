@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.cli_output import one_error_line
 from tests.unreachable import PASSWORD, down_dsn
 from zeh_mssql.cli import main
 from zeh_mssql.migrate import load_migrations, render_script
@@ -22,15 +23,6 @@ def run(monkeypatch):
         return CliRunner().invoke(main, ["migrate", *args], env=env)
 
     return invoke
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def test_print_writes_the_script_without_a_database(run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from tests.cli_output import one_error_line
 from tests.unreachable import PASSWORD, down_dsn
 from zeh_mssql.cli import main
 
@@ -17,17 +18,6 @@ def run(monkeypatch):
         return CliRunner().invoke(main, list(args), env=env, input=stdin)
 
     return invoke
-
-
-def one_error_line(result) -> str:
-    """The command failed with exit status 1 and printed exactly one line, no traceback."""
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize(
