@@ -1,4 +1,7 @@
-"""Run a WSGI app on a real socket on 127.0.0.1 for tests that need real HTTP."""
+"""Run a WSGI app on a real socket on 127.0.0.1 for tests that need real HTTP.
+
+``serving`` and ``serving_endpoint`` run a one-feed Flask app with our routes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from flask import Flask
 from werkzeug.serving import make_server
+
+from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes, create_blueprint
+from zeh_mssql.source import EventSource
 
 
 @contextmanager
@@ -24,3 +31,21 @@ def running(app: Any) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def serving(source: EventSource, path: str, **blueprint_options: Any) -> Iterator[str]:
+    """Serve ``source`` at ``path`` with ``create_blueprint``; yield the feed's URL."""
+    app = Flask(__name__)
+    app.register_blueprint(create_blueprint(source, path, **blueprint_options))
+    with running(app) as base:
+        yield base + path
+
+
+@contextmanager
+def serving_endpoint(endpoint: FeedEndpoint, path: str) -> Iterator[str]:
+    """Serve ``endpoint`` at ``path`` (``add_feed_routes``); yield the feed's URL."""
+    app = Flask(__name__)
+    add_feed_routes(app, path, endpoint)
+    with running(app) as base:
+        yield base + path

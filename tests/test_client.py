@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask, Request
+from flask import Request
 from werkzeug.exceptions import Unauthorized
 
-from tests.http_server import running
-from zeh_mssql.blueprint import create_blueprint
+from tests.http_server import serving
 from zeh_mssql.client import (
     ALL_HEADERS,
     Client,
@@ -40,10 +39,8 @@ def require_token(request: Request) -> None:
 
 
 def serve(source: MemorySource, **blueprint_args: Any) -> Iterator[Feed]:
-    app = Flask(__name__)
-    app.register_blueprint(create_blueprint(source, "/orders/feed/v1", **blueprint_args))
-    with running(app) as base:
-        yield Feed(source, f"{base}/orders/feed/v1")
+    with serving(source, "/orders/feed/v1", **blueprint_args) as url:
+        yield Feed(source, url)
 
 
 @pytest.fixture

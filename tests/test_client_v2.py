@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from tests.http_server import running
+from tests.http_server import running, serving_endpoint
 from tests.misbehaving_server import Exchange, ScriptedServer, scripted_server
 from tests.waiting import PATIENCE, eventually
 from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
@@ -31,9 +31,9 @@ PATH = "/orders/feed/v1"
 
 
 class Served:
-    def __init__(self, source: MemorySource, base: str, endpoint: FeedEndpoint) -> None:
+    def __init__(self, source: MemorySource, url: str, endpoint: FeedEndpoint) -> None:
         self.source = source
-        self.url = base + PATH
+        self.url = url
         self.endpoint = endpoint
 
 
@@ -43,10 +43,8 @@ def served() -> Iterator[Served]:
     for i in range(20):
         source.append(i % 3, {"i": i}, event_type="odd" if i % 2 else "even")
     endpoint = FeedEndpoint(source, name="orders", poll_max_interval=0.2)
-    app = Flask(__name__)
-    add_feed_routes(app, PATH, endpoint)
-    with running(app) as base:
-        yield Served(source, base, endpoint)
+    with serving_endpoint(endpoint, PATH) as url:
+        yield Served(source, url, endpoint)
 
 
 def read_partition(client: Client, info: FeedInfo, partition: int, **options: Any) -> list[Any]:

@@ -7,11 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 
-from tests.http_server import running
+from tests.http_server import serving
 from tests.misbehaving_server import Exchange, scripted_server
-from zeh_mssql.blueprint import create_blueprint
 from zeh_mssql.client import Client, FeedEvent, HTTPStatusError
 from zeh_mssql.consumer import (
     Backoff,
@@ -30,10 +28,8 @@ def source() -> MemorySource:
 
 @pytest.fixture
 def client(source: MemorySource) -> Iterator[Client]:
-    app = Flask(__name__)
-    app.register_blueprint(create_blueprint(source, "/feed/v1"))
-    with running(app) as base:
-        yield Client(f"{base}/feed/v1", 2)
+    with serving(source, "/feed/v1") as url:
+        yield Client(url, 2)
 
 
 def record(tx: MemoryTransaction, events: list[FeedEvent[Any]]) -> None:

@@ -11,12 +11,11 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-from flask import Flask
 
-from tests.http_server import running
+from tests.http_server import serving_endpoint
 from tests.misbehaving_server import Exchange, scripted_server
 from tests.waiting import PATIENCE, eventually
-from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
+from zeh_mssql.blueprint import FeedEndpoint
 from zeh_mssql.cli import main
 from zeh_mssql.client import Client
 from zeh_mssql.consumer import Backoff, MemoryCursorStore, MemoryTransaction, consume
@@ -32,15 +31,13 @@ class Served:
         self.endpoint = FeedEndpoint(
             self.source, name="orders", max_wait=max_wait, poll_max_interval=0.1
         )
-        self.app = Flask(__name__)
-        add_feed_routes(self.app, PATH, self.endpoint)
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[Served, str]]:
     feed = Served(max_wait=30)
-    with running(feed.app) as base:
-        yield feed, base + PATH
+    with serving_endpoint(feed.endpoint, PATH) as url:
+        yield feed, url
 
 
 def record(transaction: MemoryTransaction, events: list[Any]) -> None:
@@ -76,9 +73,9 @@ def test_consume_does_not_spin_against_a_server_that_does_not_hold_requests():
     feed = Served(max_wait=0)
     sleeps: list[float] = []
     backoff = Backoff(initial=0.5, maximum=2)
-    with running(feed.app) as base:
+    with serving_endpoint(feed.endpoint, PATH) as url:
         consume(
-            Client(base + PATH, 2),
+            Client(url, 2),
             MemoryCursorStore(),
             record,
             wait=30,

@@ -16,12 +16,11 @@ from typing import Any
 import orjson
 import pytest
 import requests
-from flask import Flask
 
 from tests.counting_source import CountingSource
-from tests.http_server import running
+from tests.http_server import serving_endpoint
 from tests.waiting import PATIENCE, eventually
-from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
+from zeh_mssql.blueprint import FeedEndpoint
 from zeh_mssql.protocol_v2 import feed_token
 
 PATH = "/orders/feed/v1"
@@ -39,15 +38,13 @@ class Feed:
         self.source = CountingSource(partitions)
         options = {"poll_max_interval": 0.2, **options}
         self.endpoint = FeedEndpoint(self.source, name="orders", **options)
-        self.app = Flask(__name__)
-        add_feed_routes(self.app, PATH, self.endpoint)
 
 
 @pytest.fixture
 def feed() -> Iterator[tuple[Feed, str]]:
     served = Feed()
-    with running(served.app) as base:
-        yield served, base + PATH
+    with serving_endpoint(served.endpoint, PATH) as url:
+        yield served, url
 
 
 def get_in_background(url: str, params: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -98,10 +95,10 @@ def test_an_idle_wait_answers_with_checkpoints_after_about_the_wait(feed):
 
 def test_wait_is_capped_by_max_wait():
     served = Feed(max_wait=0.5)
-    with running(served.app) as base:
+    with serving_endpoint(served.endpoint, PATH) as url:
         started = time.monotonic()
         response = requests.get(
-            base + PATH, params={"n": 2, "cursor0": "_last", "wait": 600}, timeout=PATIENCE
+            url, params={"n": 2, "cursor0": "_last", "wait": 600}, timeout=PATIENCE
         )
     assert response.status_code == 200
     assert 0.45 <= time.monotonic() - started < PATIENCE
@@ -193,12 +190,12 @@ def test_200_concurrent_waiters_share_the_polls_and_are_all_answered():
     served = Feed(partitions=1)
     waiters = 200
     watcher = served.endpoint.watcher
-    with running(served.app) as base, ThreadPoolExecutor(waiters) as pool:
+    with serving_endpoint(served.endpoint, PATH) as url, ThreadPoolExecutor(waiters) as pool:
 
         def wait_once(_: int) -> list[dict[str, Any]]:
             with requests.Session() as http:
                 response = http.get(
-                    base + PATH,
+                    url,
                     params={"n": 1, "cursor0": "_first", "wait": LONG_WAIT},
                     timeout=LONG_WAIT + PATIENCE,
                 )

@@ -8,11 +8,9 @@ from typing import Any
 
 import pyodbc
 import pytest
-from flask import Flask
 
-from tests.http_server import running
+from tests.http_server import serving
 from tests.integration.conftest import Database
-from zeh_mssql.blueprint import create_blueprint
 from zeh_mssql.client import Client, FeedEvent
 from zeh_mssql.consumer import CursorConflict, consume
 from zeh_mssql.cursor_store import SqlServerCursorStore
@@ -38,10 +36,8 @@ def source() -> MemorySource:
 
 @pytest.fixture
 def client(source: MemorySource) -> Iterator[Client]:
-    app = Flask(__name__)
-    app.register_blueprint(create_blueprint(source, "/feed/v1"))
-    with running(app) as base:
-        yield Client(f"{base}/feed/v1", 2)
+    with serving(source, "/feed/v1") as url:
+        yield Client(url, 2)
 
 
 @pytest.fixture

@@ -17,12 +17,11 @@ import orjson
 import pyodbc
 import pytest
 import requests
-from flask import Flask
 
-from tests.http_server import running
+from tests.http_server import serving_endpoint
 from tests.waiting import PATIENCE, eventually
 from zeh_mssql import db
-from zeh_mssql.blueprint import FeedEndpoint, add_feed_routes
+from zeh_mssql.blueprint import FeedEndpoint
 from zeh_mssql.pool import ConnectionPool
 from zeh_mssql.protocol_v2 import feed_token
 from zeh_mssql.sqlserver import SqlServerFeed
@@ -62,10 +61,8 @@ def serve(admin_dsn: str, reader_dsn: str, mode: str) -> Iterator[Served]:
     pool = ConnectionPool(lambda: db.connect(reader_dsn, timeout=10, query_timeout=30), size=4)
     feed = SqlServerFeed.open("orders", pool)
     endpoint = FeedEndpoint(feed, name="orders", poll_max_interval=POLL_CEILING)
-    app = Flask(__name__)
-    add_feed_routes(app, PATH, endpoint)
-    with running(app) as base:
-        yield Served(base + PATH, endpoint, admin_dsn)
+    with serving_endpoint(endpoint, PATH) as url:
+        yield Served(url, endpoint, admin_dsn)
 
 
 def lines_of(body: bytes) -> list[dict[str, Any]]:

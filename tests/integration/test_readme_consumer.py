@@ -9,13 +9,12 @@ from typing import Any
 
 import pyodbc
 import pytest
-from flask import Flask, Request
+from flask import Request
 from werkzeug.exceptions import Unauthorized
 
-from tests.http_server import running
+from tests.http_server import serving
 from tests.integration.conftest import Database
 from tests.readme_examples import load_consumer_examples
-from zeh_mssql.blueprint import create_blueprint
 from zeh_mssql.testing import MemorySource
 
 TOKEN = "their-token"
@@ -33,10 +32,8 @@ def their_feed() -> Iterator[tuple[MemorySource, str]]:
             raise Unauthorized()
 
     source = MemorySource(1)
-    app = Flask(__name__)
-    app.register_blueprint(create_blueprint(source, "/orders/feed/v1", authorize=require_token))
-    with running(app) as base:
-        yield source, f"{base}/orders/feed/v1"
+    with serving(source, "/orders/feed/v1", authorize=require_token) as url:
+        yield source, url
 
 
 @pytest.fixture
