@@ -15,7 +15,7 @@ are timed, interleaved so that they share the machine's noise:
 The target is the server's encoder within 2x of the limit.
 
 Times are CPU time of the benchmark thread, with glibc malloc told to keep its
-heap (``bench.malloc``) so that the limit is the cost of copying and not of
+heap (``zeh_mssql.malloc``) so that the limit is the cost of copying and not of
 faulting fresh memory in; ``--default-malloc`` measures without that, as a
 server process runs by default (results as ``encoding-default-malloc``).
 
@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 
 from bench.events import as_fetched, make_events
-from bench.malloc import keep_heap
 from bench.report import Report, core_note, own_peak_rss_mb, percentile, write_report
+from zeh_mssql.malloc import keep_heap
 from zeh_mssql.protocol import (
     ALL_HEADERS,
     HeaderSelection,
@@ -215,7 +215,7 @@ def run(iterations: int, seconds: float, page_count: int, *, default_malloc: boo
     report.notes.append(
         "times are CPU time of the benchmark thread; glibc malloc "
         + (
-            "keeps its heap (bench/malloc.py), so no call pays for faulting memory in"
+            "keeps its heap (zeh_mssql/malloc.py), so no call pays for faulting memory in"
             if heap_kept
             else "runs with its default thresholds"
         )

@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 
-from bench import malloc
 from bench.gunicorn_server import ROOT, Server, start, stop, wait_ready
 from bench.http_apps import PATH
 from bench.procs import PeakSampler, children, cpu_seconds, tree
@@ -189,8 +188,8 @@ def servers(
     settings: dict[str, Any], config: Path, extra: Sequence[str], *, keep_heap: bool
 ) -> Iterator[list[Server]]:
     env = dict(os.environ)
-    if keep_heap:
-        env.update(malloc.ENVIRONMENT)
+    # The shipped config keeps each worker's heap (zeh_mssql/malloc.py) unless told not to.
+    env["ZEH_MSSQL_KEEP_HEAP"] = "1" if keep_heap else "0"
     env.update(
         BENCH_PARTITIONS=str(settings["partitions"]),
         BENCH_EVENTS=str(settings["events"]),
@@ -225,7 +224,7 @@ def run(
     page_size: int,
     headers: str,
     extra: Sequence[str],
-    keep_heap: bool = False,
+    keep_heap: bool = True,
 ) -> Report:
     settings = {
         "partitions": max(client_counts),
@@ -314,8 +313,11 @@ def run(
     report.notes.append(
         f"gunicorn config {config} with --preload; worker processes per server: {workers}"
     )
-    if keep_heap:
-        report.notes.append("servers ran with glibc malloc keeping its heap (bench/malloc.py)")
+    report.notes.append(
+        "workers kept their heap (zeh_mssql/malloc.py), as the shipped config does"
+        if keep_heap
+        else "workers ran with glibc's default malloc thresholds (ZEH_MSSQL_KEEP_HEAP=0)"
+    )
     report.notes.append(
         "peak RSS sums master and workers (shared pages counted in each); PSS splits them"
     )
@@ -336,9 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--gunicorn-arg", action="append", default=[], help="extra gunicorn argument (repeat)"
     )
     parser.add_argument(
-        "--keep-heap",
+        "--default-malloc",
         action="store_true",
-        help="start the servers with glibc malloc keeping its heap (bench/malloc.py)",
+        help="run the workers with glibc's default malloc thresholds (ZEH_MSSQL_KEEP_HEAP=0)",
     )
     args = parser.parse_args(argv)
     report = run(
@@ -349,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         page_size=args.page_size,
         headers=args.headers,
         extra=args.gunicorn_arg,
-        keep_heap=args.keep_heap,
+        keep_heap=not args.default_malloc,
     )
     write_report(report)
 

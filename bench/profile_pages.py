@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from pyinstrument import Profiler
 
 from bench.http_apps import PATH, build_source, serve_source
-from bench.malloc import keep_heap
+from zeh_mssql.malloc import keep_heap
 
 PAGE_SIZE = 1000
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=25000)
     parser.add_argument("--drains", type=int, default=4)
     args = parser.parse_args(argv)
-    keep_heap()  # page faults are the allocator's, not the code's: see bench/malloc.py
+    keep_heap()  # page faults are the allocator's, not the code's: see zeh_mssql/malloc.py
     app = serve_source(build_source(1, args.events), PAGE_SIZE)
     # The request log is part of the cost, but not of the output.
     with open(os.devnull, "w") as devnull:

@@ -66,6 +66,15 @@ logconfig_dict = {
     "formatters": {"json": {"()": "zeh_mssql.logs.JsonLineFormatter"}},
 }
 
+
+def post_fork(server: object, worker: object) -> None:
+    """Keep each worker's heap between responses (see zeh_mssql/malloc.py)."""
+    if os.environ.get("ZEH_MSSQL_KEEP_HEAP", "").strip() != "0":
+        from zeh_mssql.malloc import keep_heap
+
+        keep_heap()
+
+
 # Each process connects after it is forked, never before.
 preload_app = False
 # Several servers may run side by side (tests, one container per feed set);
