@@ -493,11 +493,8 @@ def _decoder(decode: type[T] | Callable[[Any], T]) -> Callable[[Any], T]:
     return decode
 
 
-def _stream_lines(lines: Iterator[bytes], requested: set[int], receiver: EventReceiver) -> None:
-    """Check each line against the protocol and hand it to the receiver."""
-    unconfirmed: dict[int, int] = {}
-    checkpointed: set[int] = set()
-    number = 0
+def _json_objects(lines: Iterator[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line parsed as a JSON object, with its line number (from 1)."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -507,16 +504,29 @@ def _stream_lines(lines: Iterator[bytes], requested: set[int], receiver: EventRe
             raise MalformedResponse(number, f"not JSON ({exc})") from exc
         if not isinstance(obj, dict):
             raise MalformedResponse(number, "not a JSON object")
+        yield number, obj
+
+
+def _cursor(checkpoint: dict[str, Any], number: int) -> str:
+    """A checkpoint line's ``cursor``, which must be a non-empty string."""
+    cursor = checkpoint["cursor"]
+    if not isinstance(cursor, str) or not cursor:
+        raise MalformedResponse(number, "'cursor' is not a non-empty string")
+    return cursor
+
+
+def _stream_lines(lines: Iterator[bytes], requested: set[int], receiver: EventReceiver) -> None:
+    """Check each line against the protocol and hand it to the receiver."""
+    unconfirmed: dict[int, int] = {}
+    checkpointed: set[int] = set()
+    for number, obj in _json_objects(lines):
         partition = obj.get("partition")
         if type(partition) is not int:
             raise MalformedResponse(number, "no integer 'partition'")
         if partition not in requested:
             raise MalformedResponse(number, f"partition {partition} was not requested")
         if "cursor" in obj:
-            cursor = obj["cursor"]
-            if not isinstance(cursor, str) or not cursor:
-                raise MalformedResponse(number, "'cursor' is not a non-empty string")
-            receiver.checkpoint(partition, cursor)
+            receiver.checkpoint(partition, _cursor(obj, number))
             unconfirmed.pop(partition, None)
             checkpointed.add(partition)
         elif "data" in obj:
@@ -543,20 +553,9 @@ def _stream_partition_lines(
     """Check each FeedAPI v2 line and hand it to the receiver as ``partition``'s."""
     unconfirmed = 0
     checkpointed = False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedResponse(number, f"not JSON ({exc})") from exc
-        if not isinstance(obj, dict):
-            raise MalformedResponse(number, "not a JSON object")
+    for number, obj in _json_objects(lines):
         if "cursor" in obj:
-            cursor = obj["cursor"]
-            if not isinstance(cursor, str) or not cursor:
-                raise MalformedResponse(number, "'cursor' is not a non-empty string")
-            receiver.checkpoint(partition, cursor)
+            receiver.checkpoint(partition, _cursor(obj, number))
             unconfirmed = 0
             checkpointed = True
         elif "data" in obj:
