@@ -158,6 +158,18 @@ class Backoff:
         # Bounding the exponent keeps the power finite for very long outages.
         return min(self.maximum, self.initial * self.factor ** min(attempt, 64))
 
+    def idle_delay(self, attempt: int, *, wait: float, requested: float) -> float:
+        """The delay after idle page number ``attempt``, less what its long-poll waited.
+
+        ``requested`` is the request's ``time.monotonic()``; with ``wait`` > 0 the
+        server may have held it, and that time counts towards the delay. Nothing
+        to sleep when the result is not positive.
+        """
+        delay = self.delay(attempt)
+        if wait > 0:
+            delay -= time.monotonic() - requested
+        return delay
+
 
 Stop = threading.Event | Callable[[], bool]
 """Ends :func:`consume`: an event that is set, or a callable that returns True."""
@@ -245,9 +257,7 @@ def consume(
         if page.events:
             attempt = 0
         else:
-            delay = backoff.delay(attempt)
-            if wait > 0:
-                delay -= time.monotonic() - requested
+            delay = backoff.idle_delay(attempt, wait=wait, requested=requested)
             if delay > 0:
                 pause(delay)
             attempt += 1

@@ -89,9 +89,7 @@ def tail(
             elif not follow:
                 break
             else:
-                delay = backoff.delay(attempt)
-                if wait > 0:
-                    delay -= time.monotonic() - requested
+                delay = backoff.idle_delay(attempt, wait=wait, requested=requested)
                 if delay > 0:
                     sleep(delay)
                 attempt += 1
