@@ -151,5 +151,68 @@ begin
 end;
 go
 
+-- Internal: the feed named @feed, for the procedures that take a feed name. An
+-- unknown name is error 51001; @caller, the calling procedure's name, starts the
+-- message. THROW ends the batch (or goes to the caller's caller's CATCH), so the
+-- calling procedure never continues without a feed.
+create or alter procedure changefeed.find_feed
+    @caller nvarchar(64),
+    @feed nvarchar(128),
+    @feed_id int output,
+    @partition_count int output,
+    @mode varchar(16) output
+as
+begin
+    set nocount on;
+
+    declare @message nvarchar(2048);
+
+    set @feed_id = null;
+
+    select
+        @feed_id = f.feed_id,
+        @partition_count = f.partition_count,
+        @mode = f.mode
+    from changefeed.feed as f
+    where f.name = @feed;
+
+    -- THROW reserves % in messages; an unknown name may hold it, so it is doubled.
+    -- (create_feed admits no %, so the names of existing feeds need no escaping.)
+    if @feed_id is null
+    begin
+        set @message = concat(
+            @caller, N': unknown feed "', replace(@feed, N'%', N'%%'), N'"'
+        );
+        throw 51001, @message, 1;
+    end;
+end;
+go
+
+-- Internal: error 51002 unless @partition is one of the @partition_count
+-- partitions (0 to @partition_count - 1) of feed @feed, which find_feed found;
+-- @caller starts the message.
+create or alter procedure changefeed.check_partition
+    @caller nvarchar(64),
+    @feed nvarchar(128),
+    @partition int,
+    @partition_count int
+as
+begin
+    set nocount on;
+
+    declare @message nvarchar(2048);
+
+    if @partition is null or @partition < 0 or @partition >= @partition_count
+    begin
+        set @message = concat(
+            @caller, N': partition ', coalesce(cast(@partition as nvarchar(11)), N'NULL'),
+            N' is out of range for feed "', @feed, N'", which has partitions 0 to ',
+            @partition_count - 1
+        );
+        throw 51002, @message, 1;
+    end;
+end;
+go
+
 grant execute on changefeed.list_feeds to changefeed_reader;
 go

@@ -216,20 +216,12 @@ begin
     declare @own_transaction bit = case when @@trancount = 0 then 1 else 0 end;
     declare @staged changefeed.staged_event;
 
-    select
-        @feed_id = f.feed_id,
-        @partition_count = f.partition_count,
-        @mode = f.mode
-    from changefeed.feed as f
-    where f.name = @feed;
-
-    if @feed_id is null
-    begin
-        set @message = concat(
-            N'changefeed.publish: unknown feed "', replace(@feed, N'%', N'%%'), N'"'
-        );
-        throw 51001, @message, 1;
-    end;
+    exec changefeed.find_feed
+        @caller = N'changefeed.publish',
+        @feed = @feed,
+        @feed_id = @feed_id output,
+        @partition_count = @partition_count output,
+        @mode = @mode output;
 
     if
         (@partition is null and @partition_key is null)
@@ -255,14 +247,11 @@ begin
     if @partition_key is not null
         set @partition = changefeed.partition_for_key(@partition_key, @partition_count);
 
-    if @partition < 0 or @partition >= @partition_count
-    begin
-        set @message = concat(
-            N'changefeed.publish: partition ', @partition, N' is out of range for feed "',
-            @feed, N'", which has partitions 0 to ', @partition_count - 1
-        );
-        throw 51002, @message, 1;
-    end;
+    exec changefeed.check_partition
+        @caller = N'changefeed.publish',
+        @feed = @feed,
+        @partition = @partition,
+        @partition_count = @partition_count;
 
     if @data is null or isjson(@data) = 0
     begin
@@ -367,20 +356,12 @@ begin
         time_hint datetime2(3) not null
     );
 
-    select
-        @feed_id = f.feed_id,
-        @partition_count = f.partition_count,
-        @mode = f.mode
-    from changefeed.feed as f
-    where f.name = @feed;
-
-    if @feed_id is null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: unknown feed "', replace(@feed, N'%', N'%%'), N'"'
-        );
-        throw 51001, @message, 1;
-    end;
+    exec changefeed.find_feed
+        @caller = N'changefeed.publish_batch',
+        @feed = @feed,
+        @feed_id = @feed_id output,
+        @partition_count = @partition_count output,
+        @mode = @mode output;
 
     select top (1) @ordinal = e.ordinal
     from @events as e

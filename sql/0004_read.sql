@@ -127,30 +127,18 @@ begin
     set implicit_transactions off;
     set transaction isolation level read committed;
 
-    select
-        @feed_id = f.feed_id,
-        @partition_count = f.partition_count,
-        @mode = f.mode
-    from changefeed.feed as f
-    where f.name = @feed;
+    exec changefeed.find_feed
+        @caller = N'changefeed.read_feed',
+        @feed = @feed,
+        @feed_id = @feed_id output,
+        @partition_count = @partition_count output,
+        @mode = @mode output;
 
-    if @feed_id is null
-    begin
-        set @message = concat(
-            N'changefeed.read_feed: unknown feed "', replace(@feed, N'%', N'%%'), N'"'
-        );
-        throw 51001, @message, 1;
-    end;
-
-    if @partition is null or @partition < 0 or @partition >= @partition_count
-    begin
-        set @message = concat(
-            N'changefeed.read_feed: partition ', coalesce(cast(@partition as nvarchar(11)), N'NULL'),
-            N' is out of range for feed "', @feed, N'", which has partitions 0 to ',
-            @partition_count - 1
-        );
-        throw 51002, @message, 1;
-    end;
+    exec changefeed.check_partition
+        @caller = N'changefeed.read_feed',
+        @feed = @feed,
+        @partition = @partition,
+        @partition_count = @partition_count;
 
     if @pagesize is null or @pagesize < 1
     begin
@@ -320,30 +308,18 @@ begin
     declare @batch_size int = 4000;
     declare @moved int = 4000;
 
-    select
-        @feed_id = f.feed_id,
-        @partition_count = f.partition_count,
-        @mode = f.mode
-    from changefeed.feed as f
-    where f.name = @feed;
+    exec changefeed.find_feed
+        @caller = N'changefeed.head',
+        @feed = @feed,
+        @feed_id = @feed_id output,
+        @partition_count = @partition_count output,
+        @mode = @mode output;
 
-    if @feed_id is null
-    begin
-        set @message = concat(
-            N'changefeed.head: unknown feed "', replace(@feed, N'%', N'%%'), N'"'
-        );
-        throw 51001, @message, 1;
-    end;
-
-    if @partition is null or @partition < 0 or @partition >= @partition_count
-    begin
-        set @message = concat(
-            N'changefeed.head: partition ', coalesce(cast(@partition as nvarchar(11)), N'NULL'),
-            N' is out of range for feed "', @feed, N'", which has partitions 0 to ',
-            @partition_count - 1
-        );
-        throw 51002, @message, 1;
-    end;
+    exec changefeed.check_partition
+        @caller = N'changefeed.head',
+        @feed = @feed,
+        @partition = @partition,
+        @partition_count = @partition_count;
 
     if @mode = 'outbox'
     begin
