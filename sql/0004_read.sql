@@ -68,6 +68,43 @@ begin
 end;
 go
 
+-- Internal: the exclusive application lock on one partition of a feed, which
+-- drains take so that one drain runs at a time per partition. The lock belongs
+-- to the caller's transaction, which must be open, and ends with it. A refused
+-- lock is error 51012 (@caller starts the message); the transaction is left to
+-- the caller, whose CATCH block rolls it back.
+create or alter procedure changefeed.lock_partition
+    @caller nvarchar(64),
+    @feed nvarchar(128),
+    @feed_id int,
+    @partition int
+as
+begin
+    set nocount on;
+
+    declare @message nvarchar(2048);
+    declare @lock_result int;
+    declare @resource nvarchar(255) = concat(N'changefeed/', @feed_id, N'/', @partition);
+
+    exec @lock_result = sys.sp_getapplock
+        @Resource = @resource,
+        @LockMode = 'Exclusive',
+        @LockOwner = 'Transaction';
+
+    -- 0 and 1 mean granted; -1 timeout (the session's LOCK_TIMEOUT), -2
+    -- cancelled, -3 deadlock victim, -999 bad call. A refused applock does not
+    -- roll the transaction back.
+    if @lock_result < 0
+    begin
+        set @message = concat(
+            @caller, N': could not lock partition ', @partition, N' of feed "',
+            @feed, N'" for draining (sp_getapplock returned ', @lock_result, N')'
+        );
+        throw 51012, @message, 1;
+    end;
+end;
+go
+
 -- One page of a partition: the events after @cursor, in ULID order.
 --
 -- Result set 1: ulid, event_type, headers, data, time, ordered by ulid.
@@ -100,8 +137,6 @@ begin
     declare @partition_count int;
     declare @mode varchar(16);
     declare @window_end binary(16);
-    declare @lock_result int;
-    declare @resource nvarchar(255);
     declare @filtered bit = case when @event_types is null then 0 else 1 end;
     declare @exclude bit = coalesce(@exclude_event_types, 0);
 
@@ -201,28 +236,14 @@ begin
             where o.feed_id = @feed_id and o.shard_id = @partition
         )
         begin
-            set @resource = concat(N'changefeed/', @feed_id, N'/', @partition);
-
             begin try
                 begin transaction;
 
-                exec @lock_result = sys.sp_getapplock
-                    @Resource = @resource,
-                    @LockMode = 'Exclusive',
-                    @LockOwner = 'Transaction';
-
-                -- 0 and 1 mean granted; -1 timeout (the session's LOCK_TIMEOUT),
-                -- -2 cancelled, -3 deadlock victim, -999 bad call. A refused
-                -- applock does not roll the transaction back: the CATCH block does.
-                if @lock_result < 0
-                begin
-                    set @message = concat(
-                        N'changefeed.read_feed: could not lock partition ', @partition,
-                        N' of feed "', @feed, N'" for draining (sp_getapplock returned ',
-                        @lock_result, N')'
-                    );
-                    throw 51012, @message, 1;
-                end;
+                exec changefeed.lock_partition
+                    @caller = N'changefeed.read_feed',
+                    @feed = @feed,
+                    @feed_id = @feed_id,
+                    @partition = @partition;
 
                 -- Another reader may have drained while this one waited for the lock.
                 if not exists (
@@ -302,8 +323,6 @@ begin
     declare @feed_id int;
     declare @partition_count int;
     declare @mode varchar(16);
-    declare @lock_result int;
-    declare @resource nvarchar(255);
     declare @up_to bigint;
     declare @batch_size int = 4000;
     declare @moved int = 4000;
@@ -334,7 +353,6 @@ begin
 
         set xact_abort on;
         set transaction isolation level read committed;
-        set @resource = concat(N'changefeed/', @feed_id, N'/', @partition);
         -- One bound for every batch: rows published after this call began are
         -- not waited for, so the loop ends however fast writers write.
         set @up_to = next value for changefeed.outbox_sequence;
@@ -344,19 +362,11 @@ begin
             begin try
                 begin transaction;
 
-                exec @lock_result = sys.sp_getapplock
-                    @Resource = @resource,
-                    @LockMode = 'Exclusive',
-                    @LockOwner = 'Transaction';
-
-                if @lock_result < 0
-                begin
-                    set @message = concat(
-                        N'changefeed.head: could not lock partition ', @partition, N' of feed "',
-                        @feed, N'" for draining (sp_getapplock returned ', @lock_result, N')'
-                    );
-                    throw 51012, @message, 1;
-                end;
+                exec changefeed.lock_partition
+                    @caller = N'changefeed.head',
+                    @feed = @feed,
+                    @feed_id = @feed_id,
+                    @partition = @partition;
 
                 exec changefeed.move_outbox
                     @feed_id = @feed_id,
