@@ -60,6 +60,8 @@ docker-lint: $(STAMP)
 # The README's way to run the server: SQL Server, migrations, a demo feed, the server.
 run:
 	@command -v docker >/dev/null 2>&1 || { echo "make run needs Docker with its compose plugin (docker compose); install Docker first"; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "make run needs Docker's compose plugin: 'docker compose version' fails here"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make run needs a running Docker engine: 'docker info' cannot reach one"; exit 1; }
 	docker compose -f docker/compose.yaml up --build
 
 test: check-odbc $(STAMP) lint sql-parse docker-lint unit
