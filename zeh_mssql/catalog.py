@@ -26,11 +26,9 @@ class Catalog(Protocol):
 
     def get(self, name: str) -> EventSource | None:
         """The source of feed ``name``, or ``None`` when it is not served."""
-        ...
 
     def all(self) -> Mapping[str, EventSource]:
         """Every served feed by name, in name order."""
-        ...
 
 
 class StaticCatalog:

@@ -55,11 +55,9 @@ class CursorStore(Protocol[Tx]):
 
     def load(self) -> dict[int, str]:
         """The saved cursors by partition; partitions never saved are absent."""
-        ...
 
     def transaction(self) -> AbstractContextManager[Tx]:
         """A transaction for one page: commits on normal exit, rolls back on an exception."""
-        ...
 
     def save(
         self,
@@ -74,7 +72,6 @@ class CursorStore(Protocol[Tx]):
         its ``previous`` one raises :class:`CursorConflict`. Without it the
         cursors are written unconditionally.
         """
-        ...
 
 
 @dataclass

@@ -64,7 +64,6 @@ class EventSource(Protocol):
     @property
     def partition_count(self) -> int:
         """How many partitions the feed has; fixed for the life of the feed."""
-        ...
 
     def fetch(
         self,
@@ -80,4 +79,3 @@ class EventSource(Protocol):
         ``SourceUnavailable`` when the backend is unreachable and ``SourceError``
         for other backend failures.
         """
-        ...
