@@ -181,6 +181,76 @@ begin
 end;
 go
 
+-- Internal: 1 when @json is a JSON container of kind @container (5 an object,
+-- 4 an array) whose members are all strings, else 0 (also for NULL or text
+-- that is not JSON). Statements run in order here, and OPENJSON raises an error
+-- on text that is not JSON, so the ISJSON test must come first: INLINE = OFF
+-- keeps SQL Server 2019's scalar UDF inlining from merging the statements into
+-- one expression evaluated in any order.
+create or alter function changefeed.is_json_of_strings (
+    @json nvarchar(max),
+    @container tinyint
+)
+returns bit
+with inline = off
+as
+begin
+    if @json is null or isjson(@json) = 0
+        return 0;
+    -- Wrapped in [ ], a valid JSON text is one array element whose type is the
+    -- container's kind.
+    if exists (select 1 from openjson(N'[' + @json + N']') as t where t.[type] <> @container)
+        return 0;
+    if exists (select 1 from openjson(@json) as m where m.[type] <> 1)
+        return 0;
+    return 1;
+end;
+go
+
+-- Internal: what is wrong with one event's arguments, for publish and
+-- publish_batch alike: one row, error (a THROW number) and reason, both NULL
+-- when nothing is. The first failing rule wins. Every condition is safe on any
+-- input, so the order in which SQL Server evaluates them cannot raise an error.
+create or alter function changefeed.event_problem (
+    @partition int,
+    @partition_key nvarchar(max),
+    @partition_count int,
+    @data nvarchar(max),
+    @headers nvarchar(max)
+)
+returns table
+as
+return
+select
+    c.error,
+    case c.error
+        when 51008 then N'give exactly one of partition and partition_key'
+        -- datalength counts UTF-16 bytes, trailing spaces included (len ignores them).
+        when 51013 then N'partition key is longer than 450 characters'
+        when 51002 then concat(
+            N'partition ', @partition, N' is out of range; the feed has partitions 0 to ',
+            @partition_count - 1
+        )
+        when 51003 then N'data is not a JSON object or array'
+        when 51004 then N'headers must be a JSON object of string values'
+    end as reason
+from (
+    select
+        case
+            when
+                (@partition is null and @partition_key is null)
+                or (@partition is not null and @partition_key is not null)
+                then 51008
+            when datalength(@partition_key) > 900 then 51013
+            when @partition < 0 or @partition >= @partition_count then 51002
+            -- ISJSON without a type argument accepts only objects and arrays.
+            when @data is null or isjson(@data) = 0 then 51003
+            when @headers is not null and changefeed.is_json_of_strings(@headers, 5) = 0
+                then 51004
+        end as error
+) as c;
+go
+
 -- Publishes one event, normally inside the caller's transaction: it becomes
 -- visible to readers when that transaction commits, and vanishes if it rolls
 -- back. Give exactly one of @partition and @partition_key. @data must be a JSON
@@ -214,6 +284,8 @@ begin
     declare @mode varchar(16);
     declare @now datetime2(3) = sysutcdatetime();
     declare @own_transaction bit = case when @@trancount = 0 then 1 else 0 end;
+    declare @error int;
+    declare @reason nvarchar(400);
     declare @staged changefeed.staged_event;
 
     exec changefeed.find_feed
@@ -223,69 +295,18 @@ begin
         @partition_count = @partition_count output,
         @mode = @mode output;
 
-    if
-        (@partition is null and @partition_key is null)
-        or (@partition is not null and @partition_key is not null)
-    begin
-        set @message = concat(
-            N'changefeed.publish: give exactly one of @partition and @partition_key (feed "',
-            @feed, N'")'
-        );
-        throw 51008, @message, 1;
-    end;
+    select @error = p.error, @reason = p.reason
+    from changefeed.event_problem(@partition, @partition_key, @partition_count, @data, @headers)
+        as p;
 
-    -- datalength counts UTF-16 bytes, trailing spaces included (len ignores them).
-    if datalength(@partition_key) > 900
+    if @error is not null
     begin
-        set @message = concat(
-            N'changefeed.publish: partition key is longer than 450 characters (feed "',
-            @feed, N'")'
-        );
-        throw 51013, @message, 1;
+        set @message = concat(N'changefeed.publish: ', @reason, N' (feed "', @feed, N'")');
+        throw @error, @message, 1;
     end;
 
     if @partition_key is not null
         set @partition = changefeed.partition_for_key(@partition_key, @partition_count);
-
-    exec changefeed.check_partition
-        @caller = N'changefeed.publish',
-        @feed = @feed,
-        @partition = @partition,
-        @partition_count = @partition_count;
-
-    if @data is null or isjson(@data) = 0
-    begin
-        set @message = concat(
-            N'changefeed.publish: data is not a JSON object or array (feed "', @feed, N'")'
-        );
-        throw 51003, @message, 1;
-    end;
-
-    -- Checked in two statements: OPENJSON fails on invalid JSON, and nothing
-    -- guarantees the order in which one statement's conditions are evaluated.
-    if @headers is not null and isjson(@headers) = 0
-    begin
-        set @message = concat(
-            N'changefeed.publish: headers are not valid JSON (feed "', @feed, N'")'
-        );
-        throw 51004, @message, 1;
-    end;
-
-    -- Wrapped in [ ], a valid JSON text is one array element, whose type tells an
-    -- object (5) from an array (4); each header value must be a string (1).
-    if
-        @headers is not null
-        and (
-            exists (select 1 from openjson(N'[' + @headers + N']') as t where t.[type] <> 5)
-            or exists (select 1 from openjson(@headers) as h where h.[type] <> 1)
-        )
-    begin
-        set @message = concat(
-            N'changefeed.publish: headers must be a JSON object of string values (feed "',
-            @feed, N'")'
-        );
-        throw 51004, @message, 1;
-    end;
 
     set @time_hint = case when @time_hint is null or @time_hint > @now then @now else @time_hint end;
 
@@ -344,6 +365,8 @@ begin
     declare @now datetime2(3) = sysutcdatetime();
     declare @own_transaction bit = case when @@trancount = 0 then 1 else 0 end;
     declare @ordinal int;
+    declare @error int;
+    declare @reason nvarchar(400);
     declare @count int;
     declare @first int = 1;
     declare @chunk_size int = 4000;
@@ -363,98 +386,25 @@ begin
         @partition_count = @partition_count output,
         @mode = @mode output;
 
-    select top (1) @ordinal = e.ordinal
+    -- The first event (by ordinal) with a problem, and its first problem.
+    select top (1)
+        @ordinal = e.ordinal,
+        @error = p.error,
+        @reason = p.reason
     from @events as e
-    where
-        (e.[partition] is null and e.partition_key is null)
-        or (e.[partition] is not null and e.partition_key is not null)
+    cross apply changefeed.event_problem(
+        e.[partition], e.partition_key, @partition_count, e.data, e.headers
+    ) as p
+    where p.error is not null
     order by e.ordinal;
 
-    if @ordinal is not null
+    if @error is not null
     begin
         set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal,
-            N': give exactly one of partition and partition_key (feed "', @feed, N'")'
+            N'changefeed.publish_batch: event ', @ordinal, N': ', @reason,
+            N' (feed "', @feed, N'")'
         );
-        throw 51008, @message, 1;
-    end;
-
-    select top (1) @ordinal = e.ordinal
-    from @events as e
-    where datalength(e.partition_key) > 900
-    order by e.ordinal;
-
-    if @ordinal is not null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal,
-            N': partition key is longer than 450 characters (feed "', @feed, N'")'
-        );
-        throw 51013, @message, 1;
-    end;
-
-    select top (1) @ordinal = e.ordinal
-    from @events as e
-    where e.[partition] < 0 or e.[partition] >= @partition_count
-    order by e.ordinal;
-
-    if @ordinal is not null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal, N': partition ',
-            (select e.[partition] from @events as e where e.ordinal = @ordinal),
-            N' is out of range for feed "', @feed, N'", which has partitions 0 to ',
-            @partition_count - 1
-        );
-        throw 51002, @message, 1;
-    end;
-
-    select top (1) @ordinal = e.ordinal
-    from @events as e
-    where e.data is null or isjson(e.data) = 0
-    order by e.ordinal;
-
-    if @ordinal is not null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal,
-            N': data is not a JSON object or array (feed "', @feed, N'")'
-        );
-        throw 51003, @message, 1;
-    end;
-
-    select top (1) @ordinal = e.ordinal
-    from @events as e
-    where e.headers is not null and isjson(e.headers) = 0
-    order by e.ordinal;
-
-    if @ordinal is not null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal,
-            N': headers are not valid JSON (feed "', @feed, N'")'
-        );
-        throw 51004, @message, 1;
-    end;
-
-    -- Every non-null header is valid JSON by now, so OPENJSON cannot fail here.
-    select top (1) @ordinal = e.ordinal
-    from @events as e
-    where
-        e.headers is not null
-        and (
-            exists (select 1 from openjson(N'[' + e.headers + N']') as t where t.[type] <> 5)
-            or exists (select 1 from openjson(e.headers) as h where h.[type] <> 1)
-        )
-    order by e.ordinal;
-
-    if @ordinal is not null
-    begin
-        set @message = concat(
-            N'changefeed.publish_batch: event ', @ordinal,
-            N': headers must be a JSON object of string values (feed "', @feed, N'")'
-        );
-        throw 51004, @message, 1;
+        throw @error, @message, 1;
     end;
 
     insert into @prepared (rn, ordinal, shard_id, time_hint)

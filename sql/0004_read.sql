@@ -186,18 +186,7 @@ begin
 
     if @filtered = 1
     begin
-        -- OPENJSON fails on invalid JSON: validity is checked first, on its own.
-        if isjson(@event_types) = 0
-        begin
-            set @message = concat(
-                N'changefeed.read_feed: @event_types is not valid JSON (feed "', @feed, N'")'
-            );
-            throw 51003, @message, 1;
-        end;
-
-        if
-            exists (select 1 from openjson(N'[' + @event_types + N']') as t where t.[type] <> 4)
-            or exists (select 1 from openjson(@event_types) as v where v.[type] <> 1)
+        if changefeed.is_json_of_strings(@event_types, 4) = 0
         begin
             set @message = concat(
                 N'changefeed.read_feed: @event_types must be a JSON array of strings (feed "',
