@@ -93,16 +93,16 @@ class Config:
             replica_dsn=_text(env, "ZEH_MSSQL_REPLICA_DSN"),
             feeds=None if feeds is None else _comma_list(feeds, "ZEH_MSSQL_FEEDS"),
             path_template=_text(env, "ZEH_MSSQL_PATH_TEMPLATE") or DEFAULT_PATH_TEMPLATE,
-            default_page_size=_int(env, "ZEH_MSSQL_DEFAULT_PAGE_SIZE", 1000, minimum=1),
-            max_page_size=_int(env, "ZEH_MSSQL_MAX_PAGE_SIZE", 10000, minimum=1),
+            default_page_size=env_int(env, "ZEH_MSSQL_DEFAULT_PAGE_SIZE", 1000, minimum=1),
+            max_page_size=env_int(env, "ZEH_MSSQL_MAX_PAGE_SIZE", 10000, minimum=1),
             tokens=_tokens(env),
-            login_timeout=_int(env, "ZEH_MSSQL_LOGIN_TIMEOUT", 5, minimum=1),
-            query_timeout=_int(env, "ZEH_MSSQL_QUERY_TIMEOUT", 30, minimum=1),
-            pool_size=_int(env, "ZEH_MSSQL_POOL_SIZE", 8, minimum=1),
+            login_timeout=env_int(env, "ZEH_MSSQL_LOGIN_TIMEOUT", 5, minimum=1),
+            query_timeout=env_int(env, "ZEH_MSSQL_QUERY_TIMEOUT", 30, minimum=1),
+            pool_size=env_int(env, "ZEH_MSSQL_POOL_SIZE", 8, minimum=1),
             log_level=(_text(env, "ZEH_MSSQL_LOG_LEVEL") or "INFO").upper(),
-            max_wait=_int(env, "ZEH_MSSQL_MAX_WAIT", 30, minimum=0),
+            max_wait=env_int(env, "ZEH_MSSQL_MAX_WAIT", 30, minimum=0),
             # Polls start 5 ms apart (zeh_mssql.longpoll), so the ceiling cannot be lower.
-            poll_ceiling_ms=_int(env, "ZEH_MSSQL_POLL_CEILING_MS", 1000, minimum=5),
+            poll_ceiling_ms=env_int(env, "ZEH_MSSQL_POLL_CEILING_MS", 1000, minimum=5),
         )
 
 
@@ -137,7 +137,11 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    """Integer variable ``name`` of ``env`` (``default`` when unset or blank), at least ``minimum``.
+
+    Raises ``ConfigError`` naming the variable.
+    """
     text = _text(env, name)
     if text is None:
         return default

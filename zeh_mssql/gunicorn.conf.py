@@ -8,18 +8,14 @@ long-polls of up to 30 s. gunicorn's command line overrides any value here.
 
 import os
 
+from zeh_mssql.config import ConfigError, env_int
+
 
 def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
     try:
-        value = int(text)
-    except ValueError:
-        raise SystemExit(f"{name}: expected an integer, got {text[:40]!r}") from None
-    if value < minimum:
-        raise SystemExit(f"{name}: must be at least {minimum}, got {value}")
-    return value
+        return env_int(os.environ, name, default, minimum=minimum)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 wsgi_app = "zeh_mssql.app:create_app()"
