@@ -227,14 +227,23 @@ def publish_load(
     latencies = [x for r in results for x in r.latencies]
     data_bytes = sum(len(e.data.encode()) for e in events) / len(events) * published
     return {
-        "events_per_s": published / window,
-        "mb_per_s": data_bytes / window / 1e6,
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
-        "peak_rss_mb": own_peak_rss_mb(),
+        **throughput(published, data_bytes, window, latencies),
         "events": published,
         "transactions": len(latencies),
         "deadlocks": sum(r.deadlocks for r in results),
+    }
+
+
+def throughput(
+    events: float, data_bytes: float, seconds: float, latencies: Sequence[float]
+) -> dict[str, float]:
+    """The figures every throughput row reports: rates, latency percentiles, peak RSS."""
+    return {
+        "events_per_s": events / seconds,
+        "mb_per_s": data_bytes / seconds / 1e6,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "peak_rss_mb": own_peak_rss_mb(),
     }
 
 
@@ -286,11 +295,7 @@ def read_partition(source: SqlServerFeed, expected: int) -> dict[str, Any]:
     if events != expected:
         raise RuntimeError(f"read {events} events, {expected} expected")
     return {
-        "events_per_s": events / elapsed,
-        "mb_per_s": data_bytes / elapsed / 1e6,
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
-        "peak_rss_mb": own_peak_rss_mb(),
+        **throughput(events, data_bytes, elapsed, latencies),
         "events": events,
         "pages": len(latencies),
     }

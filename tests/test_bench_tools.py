@@ -133,3 +133,14 @@ def test_fetched_events_are_equal_copies():
     fetched = as_fetched(events)
     assert fetched == events
     assert all(a.data is not b.data for a, b in zip(events, fetched, strict=True))
+
+
+def test_sql_benchmark_rows_share_one_throughput_shape():
+    from bench.sql_feed import throughput
+
+    row = throughput(1000, 2_000_000, 2.0, [0.001] * 99 + [0.010])
+    assert row["events_per_s"] == 500
+    assert row["mb_per_s"] == 1.0
+    assert row["p50_ms"] == pytest.approx(1.0)
+    assert row["p99_ms"] >= row["p50_ms"]
+    assert row["peak_rss_mb"] > 0
